@@ -1,0 +1,1 @@
+"""The Flower ClientApp of fedtrust (``clients.client_app:app``)."""

@@ -1,0 +1,153 @@
+"""fedtrust ClientApp: train ResNet-18 (or the small ConvNet) on a partition and send a compressed update.
+
+Per round the client
+
+1. loads the global model from the ``train`` message,
+2. computes its update on its partition (``local-mode``: one FedSGD batch gradient or
+   FedAvg local epochs) on a GPU when there is one,
+3. compresses it with its own stateful compressor, whose state (error-feedback
+   residual, PowerSGD's warm-start Q) lives in the node's ``Context.state``,
+4. replies with the payload, the BatchNorm statistics and its metrics.
+
+PowerSGD in ``allreduce`` mode answers a second message, ``train.powersgd_q``, in the
+same round (see :mod:`fedtrust.protocol`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedtrust import protocol
+from fedtrust.compression import Compressor, get_compressor, layout_of
+from fedtrust.config import RunConfig, parse_run_config
+from fedtrust.data import load_dataset, partition_indices
+from fedtrust.models import get_model
+from fedtrust.training import (
+    buffer_state,
+    fedavg_train,
+    fedsgd_step,
+    parameter_names,
+    select_device,
+)
+
+app = ClientApp()
+
+
+def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def _partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
+    """Partition id and count from the node config (simulation or ``--node-config``)."""
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError("node config needs 'partition-id' and 'num-partitions' "
+                         "(flower-supernode --node-config \"partition-id=0 num-partitions=2\")")
+    pid, num = int(node["partition-id"]), int(node["num-partitions"])
+    if cfg.num_partitions:
+        num = cfg.num_partitions
+    if not 0 <= pid < num:
+        raise ValueError(f"partition-id={pid} is outside 0..{num - 1}")
+    return pid, num
+
+
+def _compressor(context: Context, cfg: RunConfig, layout) -> Compressor:
+    """The node's compressor, with its state restored from ``Context.state``."""
+    comp = get_compressor(cfg.compressor, level=cfg.level, layout=layout, **cfg.compressor_options())
+    if protocol.COMPRESSOR_STATE in context.state:
+        state = context.state[protocol.COMPRESSOR_STATE]
+        comp.load_state_dict({k: torch.from_numpy(a.numpy()) for k, a in state.items()})
+    return comp
+
+
+def _save_compressor(context: Context, comp: Compressor) -> None:
+    context.state[protocol.COMPRESSOR_STATE] = _to_record(
+        {k: v.detach().cpu().numpy() for k, v in comp.state_dict().items()})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Compute, compress and send this round's update."""
+    t0 = time.perf_counter()
+    cfg = parse_run_config(context.run_config)
+    server_round = int(msg.content[protocol.CONFIG]["server-round"])
+    pid, num_partitions = _partition(context, cfg)
+    device = select_device(cfg.device)
+    data_dir = str(context.node_config.get("data-dir", cfg.data_dir)) or None
+
+    data = load_dataset(cfg.dataset, "train", data_dir=data_dir)
+    indices = partition_indices(data.labels, num_partitions, pid, partitioner=cfg.partitioner,
+                                alpha=cfg.dirichlet_alpha, seed=cfg.seed)
+    x, y = data.to_tensors(indices)
+    x, y = x.to(device), y.to(device)
+
+    model = get_model(cfg.model, num_classes=data.spec.num_classes, in_channels=data.spec.channels)
+    state = msg.content[protocol.ARRAYS].to_torch_state_dict()
+    model.load_state_dict(state)
+    model.to(device)
+
+    seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
+    if cfg.local_mode == "fedsgd":
+        result = fedsgd_step(model, x, y, cfg.batch_size, np.random.default_rng(seed), indices)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        result = fedavg_train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.lr, gen)
+
+    names = parameter_names(model)
+    update = {n: result.update[n].float() for n in names}
+    comp = _compressor(context, cfg, layout_of(update))
+    if protocol.WARM_START in msg.content:
+        comp.set_warm_start(_from_record(msg.content[protocol.WARM_START]))
+    if cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce":
+        payload = comp.encode_p(update)
+    else:
+        payload = comp.encode(update)
+    _save_compressor(context, comp)
+
+    buffers = {k: v.numpy() for k, v in buffer_state(model).items()}
+    content = RecordDict({
+        protocol.PAYLOAD: _to_record(payload.arrays),
+        protocol.BUFFERS: _to_record(buffers),
+        protocol.METRICS: MetricRecord({
+            "num-examples": int(result.num_examples),
+            "train-loss": float(result.loss),
+            "uplink-bytes": int(payload.nbytes),
+            "dense-bytes": int(comp.dense_nbytes()),
+            "buffer-bytes": int(sum(b.nbytes for b in buffers.values())),
+            "partition-id": pid,
+            "seconds": time.perf_counter() - t0,
+        }),
+    })
+    if result.batch_indices is not None:
+        content[protocol.AUDIT] = _to_record({"batch-indices": result.batch_indices.astype(np.int64)})
+    return Message(content=content, reply_to=msg)
+
+
+@app.train(protocol.POWERSGD_Q_ACTION)
+def train_powersgd_q(msg: Message, context: Context) -> Message:
+    """PowerSGD allreduce, second exchange: send Q_i = M_i^T P-hat for the server's P-hat."""
+    cfg = parse_run_config(context.run_config)
+    pid, _ = _partition(context, cfg)
+    if protocol.COMPRESSOR_STATE not in context.state:
+        raise RuntimeError("train.powersgd_q arrived before this node's first PowerSGD exchange")
+    p_hat = _from_record(msg.content[protocol.P_HAT])
+    data = load_dataset(cfg.dataset, "train", data_dir=str(context.node_config.get("data-dir", cfg.data_dir)) or None)
+    model = get_model(cfg.model, num_classes=data.spec.num_classes, in_channels=data.spec.channels)
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    comp = _compressor(context, cfg, layout)
+    payload = comp.encode_q(p_hat)
+    _save_compressor(context, comp)
+    content = RecordDict({
+        protocol.PAYLOAD: _to_record(payload.arrays),
+        protocol.METRICS: MetricRecord({"uplink-bytes": int(payload.nbytes), "partition-id": pid}),
+    })
+    return Message(content=content, reply_to=msg)

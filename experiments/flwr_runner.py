@@ -1,0 +1,205 @@
+"""Run the fedtrust Flower app as ``flwr run`` does, and know for sure whether it finished.
+
+``flwr run --stream`` exits 0 even when the run failed, so :func:`run_app` starts the
+run with ``--format json``, follows its log, and asks ``flwr ls --run-id ID --format json``
+for the final status. :class:`LocalSuperLink` gives a private ``FLWR_HOME`` and stops the
+local SuperLink (and every process it started) afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = ("finished",)
+
+
+def toml_value(value: Any) -> str:
+    """A run-config value as TOML (strings quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def run_config_arg(overrides: Mapping[str, Any]) -> str:
+    """``--run-config`` text for a dict of overrides."""
+    return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
+
+
+def _flwr_bin() -> str:
+    exe = Path(sys.executable).with_name("flwr")
+    return str(exe) if exe.exists() else (shutil.which("flwr") or "flwr")
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended."""
+
+    run_id: int
+    status: str
+    details: str
+    log: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendant pids of ``pid`` (from /proc; Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _pids_with(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+class LocalSuperLink:
+    """A private ``FLWR_HOME`` for ``flwr run``; stops the local SuperLink on exit.
+
+    Parameters
+    ----------
+    flwr_home:
+        Folder for Flower's config and the local SuperLink's state (a temporary
+        folder by default, removed on exit).
+    """
+
+    def __init__(self, flwr_home: str | Path | None = None) -> None:
+        self._tmp = None if flwr_home else tempfile.mkdtemp(prefix="fedtrust-flwr-")
+        self.home = Path(flwr_home or self._tmp)
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                    "FLWR_HOME": str(self.home),
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+
+    def __enter__(self) -> LocalSuperLink:
+        self.home.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def superlink_pids(self) -> list[int]:
+        """Pids of the local SuperLink started for this ``FLWR_HOME``."""
+        return [p for p in _pids_with("flower-superlink") if p in _pids_with(str(self.home))]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Terminate the SuperLink and all its descendants (simulation, Ray workers)."""
+        pids = []
+        for pid in self.superlink_pids():
+            pids += [pid, *_descendants(pid)]
+        pids += _pids_with(str(self.home))
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in set(pids):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout / 2
+            while time.monotonic() < deadline and any(_alive(p) for p in pids):
+                time.sleep(0.2)
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def flwr(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a ``flwr`` CLI command with this ``FLWR_HOME``."""
+        return subprocess.run([_flwr_bin(), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=check, stdin=subprocess.DEVNULL)
+
+    def run_app(self, app: str | Path = REPO_ROOT, run_config: Mapping[str, Any] | None = None,
+                num_supernodes: int = 2, federation_config: Mapping[str, Any] | None = None,
+                timeout: float = 900, echo: bool = False, superlink: str | None = None) -> RunOutcome:
+        """``flwr run`` the app in simulation and wait for its final status.
+
+        Raises ``TimeoutError`` when the run is not finished after ``timeout`` seconds.
+        """
+        fed = {"num-supernodes": num_supernodes, **(federation_config or {})}
+        args = ["run", str(app)] + ([superlink] if superlink else []) + ["--format", "json"]
+        if run_config:
+            args += ["--run-config", run_config_arg(run_config)]
+        if superlink is None:
+            args += ["--federation-config", run_config_arg(fed)]
+        started = self.flwr(*args, timeout=300, check=False)
+        try:
+            text = started.stdout
+            run_id = int(json.loads(text[text.index("{"):])["run-id"])
+        except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+            raise RuntimeError(f"flwr run did not start a run:\n{started.stdout}\n{started.stderr}") from err
+        return self.wait(run_id, timeout=timeout, echo=echo, superlink=superlink)
+
+    def status(self, run_id: int, superlink: str | None = None) -> tuple[str, str]:
+        """``(status, details)`` of a run from ``flwr ls --run-id``."""
+        args = ["ls"] + ([superlink] if superlink else []) + ["--run-id", str(run_id), "--format", "json"]
+        out = self.flwr(*args, timeout=60, check=False)
+        try:
+            runs = json.loads(out.stdout)["runs"]
+        except (json.JSONDecodeError, KeyError):
+            return "unknown", out.stdout + out.stderr
+        row = next((r for r in runs if str(r.get("run-id")) == str(run_id)), runs[0] if runs else {})
+        return str(row.get("status", "unknown")), str(row.get("status-details", ""))
+
+    def wait(self, run_id: int, timeout: float = 900, echo: bool = False,
+             superlink: str | None = None) -> RunOutcome:
+        """Poll until the run is finished; collect its log."""
+        deadline = time.monotonic() + timeout
+        status, details = "unknown", ""
+        while time.monotonic() < deadline:
+            status, details = self.status(run_id, superlink)
+            if status.startswith(TERMINAL):
+                break
+            time.sleep(2)
+        else:
+            raise TimeoutError(f"run {run_id} not finished after {timeout:.0f}s (last status {status})")
+        log = self.flwr("log", str(run_id), *([superlink] if superlink else []), "--show",
+                        timeout=60, check=False)
+        text = log.stdout + log.stderr
+        if echo:
+            print(text)
+        return RunOutcome(run_id=run_id, status=status, details=details, log=text)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

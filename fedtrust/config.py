@@ -1,0 +1,215 @@
+"""The run configuration: every key of ``[tool.flwr.app.config]``, typed and validated.
+
+Flower hands the ServerApp and the ClientApp a flat ``dict`` of TOML values. The
+:class:`RunConfig` dataclass names each key, its type, its default and what it
+allows; :func:`parse_run_config` checks every key before the first round and
+raises :class:`ConfigError` naming the key, the value and what is allowed.
+This module imports no Flower.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedtrust.models import MODEL_NAMES
+
+COMPRESSORS = ("none", "powersgd", "topk")
+LOCAL_MODES = ("fedsgd", "fedavg")
+POWERSGD_MODES = ("allreduce", "local")
+TOPK_SCOPES = ("global", "layer")
+PARTITIONERS = ("iid", "dirichlet")
+DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist", "sample", "folder:PATH")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+class ConfigError(ValueError):
+    """A run-config value is wrong; the message names the key, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved run configuration (field ``foo_bar`` is run-config key ``foo-bar``)."""
+
+    # federation
+    num_server_rounds: int = 3
+    seed: int = 42
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    # model and data
+    model: str = "resnet18"
+    dataset: str = "sample"
+    data_dir: str = ""
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    num_partitions: int = 0
+    eval_samples: int = 0
+    eval_batch_size: int = 256
+    device: str = "auto"
+    # local training
+    local_mode: str = "fedsgd"
+    batch_size: int = 32
+    local_epochs: int = 1
+    lr: float = 0.1
+    server_lr: float = 1.0
+    # compression
+    compressor: str = "none"
+    level: int = 1
+    powersgd_mode: str = "allreduce"
+    topk_scope: str = "global"
+    error_feedback: bool = True
+    # interception and outputs
+    intercept_rounds: str = "1"
+    intercept_clients: str = "0"
+    output_dir: str = "~/fedtrust-runs"
+    run_name: str = ""
+
+    # ------------------------------------------------------------------ helpers
+    def compressor_options(self) -> dict[str, Any]:
+        """Keyword options for :func:`fedtrust.compression.get_compressor`."""
+        opts: dict[str, Any] = {"error_feedback": self.error_feedback}
+        if self.compressor == "powersgd":
+            opts.update(mode=self.powersgd_mode, seed=self.seed)
+        elif self.compressor == "topk":
+            opts.update(scope=self.topk_scope)
+        return opts
+
+    def compressor_spec(self) -> dict[str, Any]:
+        """Compressor name, level and options, as recorded with intercepted updates."""
+        return {"compressor": self.compressor, "level": self.level, **self.compressor_options()}
+
+    def intercepted_rounds(self) -> set[int]:
+        """Rounds whose updates are intercepted."""
+        return _parse_selection(self.intercept_rounds, "intercept-rounds",
+                                range(1, self.num_server_rounds + 1))
+
+    def intercepted_partitions(self, num_partitions: int) -> set[int]:
+        """Partition ids (clients) whose updates are intercepted."""
+        return _parse_selection(self.intercept_clients, "intercept-clients", range(num_partitions))
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """The config with run-config key names (hyphens)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _parse_selection(text: str, key: str, universe: range) -> set[int]:
+    text = str(text).strip().lower()
+    if text in ("", "none"):
+        return set()
+    if text == "all":
+        return set(universe)
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = int(part)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r}: {part!r} is not an integer; allowed: "
+                              f"'all', 'none' or comma-separated integers like '1,3'") from None
+        if value not in universe:
+            raise ConfigError(f"{key}={text!r}: {value} is outside {universe.start}..{universe.stop - 1}")
+        out.add(value)
+    return out
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model": MODEL_NAMES,
+    "local_mode": LOCAL_MODES,
+    "compressor": COMPRESSORS,
+    "powersgd_mode": POWERSGD_MODES,
+    "topk_scope": TOPK_SCOPES,
+    "partitioner": PARTITIONERS,
+}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert a TOML value to the type of the field's default, or raise ConfigError."""
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} must be an integer") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return int(as_float)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} must be a number") from None
+    return str(value)
+
+
+def _check_range(cfg: RunConfig) -> None:
+    def need(cond: bool, key: str, value: Any, allowed: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+
+    need(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "an integer >= 1")
+    need(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train, "a number in (0, 1]")
+    need(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "an integer >= 1")
+    need(cfg.dirichlet_alpha > 0, "dirichlet-alpha", cfg.dirichlet_alpha, "a number > 0")
+    need(cfg.num_partitions >= 0, "num-partitions", cfg.num_partitions,
+         "0 (one partition per SuperNode) or a positive integer")
+    need(cfg.eval_samples >= 0, "eval-samples", cfg.eval_samples, "0 (the whole test split) or a positive integer")
+    need(cfg.eval_batch_size >= 1, "eval-batch-size", cfg.eval_batch_size, "an integer >= 1")
+    need(cfg.batch_size >= 1, "batch-size", cfg.batch_size, "an integer >= 1")
+    need(cfg.local_epochs >= 1, "local-epochs", cfg.local_epochs, "an integer >= 1")
+    need(cfg.lr > 0, "lr", cfg.lr, "a number > 0")
+    need(cfg.server_lr > 0, "server-lr", cfg.server_lr, "a number > 0")
+    need(cfg.level >= 1, "level", cfg.level, "an integer >= 1 (PowerSGD rank / Top-K level)")
+    need(cfg.output_dir.strip() != "", "output-dir", cfg.output_dir, "a folder path")
+    need(all(c.isalnum() or c in "-_." for c in cfg.run_name), "run-name", cfg.run_name,
+         "letters, digits, '-', '_' and '.' (or empty for an automatic name)")
+    dev = cfg.device
+    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+         "device", dev, ", ".join(DEVICES))
+    ds = cfg.dataset
+    need(ds in DATASETS[:-1] or (ds.startswith("folder:") and len(ds) > len("folder:")),
+         "dataset", ds, ", ".join(DATASETS))
+    if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
+        raise ConfigError(
+            f"data-dir={cfg.data_dir!r} is not a folder. Give the folder that holds the data "
+            "(e.g. <data-dir>/cifar-10-batches-py/), or leave it empty to use the defaults; "
+            "see README 'Data'.")
+    if ds.startswith("folder:") and not Path(ds[len("folder:"):]).expanduser().is_dir():
+        raise ConfigError(f"dataset={ds!r}: {ds[len('folder:'):]!r} is not a folder "
+                          "(expected an ImageFolder tree: one sub-folder of images per class)")
+    cfg.intercepted_rounds()
+
+
+def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
+    """Validate Flower's run config and return a :class:`RunConfig`.
+
+    Unknown keys are errors (a typo would otherwise be silently ignored).
+    """
+    defaults = RunConfig()
+    by_key = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(RunConfig)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in by_key:
+            close = [k for k in by_key if k.split("-")[0] == key.split("-")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown run-config key {key!r}{hint}; known keys: {', '.join(sorted(by_key))}")
+        name = by_key[key]
+        coerced = _coerce(key, value, getattr(defaults, name))
+        if name in _CHOICES and coerced not in _CHOICES[name]:
+            raise ConfigError(f"{key}={coerced!r} is not known; allowed: {', '.join(_CHOICES[name])}")
+        values[name] = coerced
+    cfg = dataclasses.replace(defaults, **values)
+    _check_range(cfg)
+    return cfg

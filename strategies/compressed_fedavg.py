@@ -1,0 +1,338 @@
+"""CompressedFedAvg: decode compressed client updates, aggregate them and intercept some.
+
+A Flower Message-API strategy built on :class:`flwr.serverapp.strategy.FedAvg`
+(node sampling, message construction). Each round it
+
+1. sends the global model (and PowerSGD's shared warm-start Q) to the sampled nodes,
+2. decodes every reply with the run's compressor (PowerSGD ``allreduce`` takes a
+   second exchange: the server averages and orthogonalises the clients' P and
+   sends P-hat back for their Q),
+3. rejects replies that cannot be decoded or are not finite (logged and counted),
+4. hands the updates of the chosen rounds and clients, as an honest-but-curious
+   server sees them, to the ``on_intercept`` callbacks and saves them,
+5. steps the global model with the weighted mean of the decoded updates, averages
+   the BatchNorm statistics, evaluates on the held-out test split and appends a
+   row to ``rounds.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore import log
+
+from fedtrust import protocol
+from fedtrust.compression import Payload, get_compressor
+from fedtrust.compression import powersgd as psgd
+from fedtrust.compression.base import Layout
+from fedtrust.config import RunConfig
+from fedtrust.interception import InterceptedUpdate
+from fedtrust.records import RunFolder
+from fedtrust.training import apply_update, weighted_mean
+
+EvaluateFn = Callable[[int, dict[str, torch.Tensor]], tuple[float, float]]
+InterceptFn = Callable[[InterceptedUpdate], None]
+
+
+def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+@dataclass
+class ClientReply:
+    """One accepted client reply of a round."""
+
+    node_id: int
+    partition_id: int
+    weight: float
+    payload: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    batch_indices: np.ndarray | None
+    decoded: dict[str, torch.Tensor] = field(default_factory=dict)
+    public_state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class RoundOutcome:
+    """What one training round produced."""
+
+    accepted: list[ClientReply]
+    rejected: int
+    failed: int
+
+
+class RejectedReply(ValueError):
+    """A client reply the server refuses (the reason is logged; the round goes on)."""
+
+
+class CompressedFedAvg(FedAvg):
+    """FedAvg/FedSGD over compressed updates, with an honest-but-curious interception hook.
+
+    Parameters
+    ----------
+    cfg:
+        The validated run configuration.
+    layout:
+        Names and shapes of the model's trainable parameters (the update layout).
+    run_folder:
+        Where ``rounds.csv`` and intercepted updates go.
+    evaluate_fn:
+        ``(round, state_dict) -> (test_loss, test_accuracy)`` on the held-out split.
+    on_intercept:
+        Callbacks that receive each intercepted update (the attackers).
+    """
+
+    def __init__(self, cfg: RunConfig, layout: Layout, run_folder: RunFolder,
+                 evaluate_fn: EvaluateFn | None = None,
+                 on_intercept: Sequence[InterceptFn] = ()) -> None:
+        super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=0.0,
+                         min_train_nodes=cfg.min_clients, min_available_nodes=cfg.min_clients)
+        self.cfg = cfg
+        self.layout = layout
+        self.run_folder = run_folder
+        self.evaluate_fn = evaluate_fn
+        self.on_intercept = list(on_intercept)
+        self.decoder = get_compressor(cfg.compressor, level=cfg.level, layout=layout,
+                                      **cfg.compressor_options())
+        self.allreduce = cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
+        # PowerSGD public state: the shared warm-start Q (allreduce) or each client's last Q (local).
+        self.q_shared: dict[str, np.ndarray] | None = None
+        self.q_last: dict[int, dict[str, np.ndarray]] = {}
+        if cfg.compressor == "powersgd":
+            q0 = psgd.initial_q(layout, cfg.level, cfg.seed)
+            self.q_shared = {k: v.numpy() for k, v in q0.items()}
+        self.intercept_rounds = cfg.intercepted_rounds()
+
+    # ------------------------------------------------------------------ hooks
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        super().summary()
+        log(INFO, "\t└──> Compression: %s level=%d %s", self.cfg.compressor, self.cfg.level,
+            self.cfg.compressor_options())
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample nodes; send the global model and, for PowerSGD allreduce, the shared Q."""
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, self.min_train_nodes))
+        config["server-round"] = server_round
+        record = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
+        if self.allreduce and server_round > 1 and self.q_shared is not None:
+            record[protocol.WARM_START] = _to_record(self.q_shared)
+        return self._construct_messages(record, node_ids, MessageType.TRAIN)
+
+    def parse_reply(self, msg: Message) -> ClientReply:
+        """Check one reply's records and turn them into a :class:`ClientReply`."""
+        content = msg.content
+        for key in (protocol.PAYLOAD, protocol.METRICS):
+            if key not in content:
+                raise RejectedReply(f"record {key!r} is missing")
+        metrics = dict(content[protocol.METRICS])
+        weight = float(metrics.get("num-examples", 0))
+        if not np.isfinite(weight) or weight <= 0:
+            raise RejectedReply(f"num-examples={weight} is not a positive number")
+        payload = _from_record(content[protocol.PAYLOAD])
+        for name, arr in payload.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise RejectedReply(f"array {name!r} holds NaN or Inf")
+        buffers = _from_record(content[protocol.BUFFERS]) if protocol.BUFFERS in content else {}
+        audit = _from_record(content[protocol.AUDIT]) if protocol.AUDIT in content else {}
+        return ClientReply(node_id=msg.metadata.src_node_id,
+                           partition_id=int(metrics.get("partition-id", -1)), weight=weight,
+                           payload=payload, buffers=buffers, metrics=metrics,
+                           batch_indices=audit.get("batch-indices"))
+
+    def decode(self, reply: ClientReply) -> None:
+        """Decode a one-exchange reply (none, Top-K, PowerSGD local) in place."""
+        try:
+            reply.decoded = self.decoder.decode(Payload(reply.payload))
+        except (KeyError, ValueError, RuntimeError, IndexError) as err:
+            raise RejectedReply(f"payload does not decode: {err}") from err
+        if self.cfg.compressor == "powersgd":  # local mode: the client's own Q and P
+            q_used = self.q_last.get(reply.node_id, self.q_shared or {})
+            reply.public_state = {**{f"Q/{k}": v for k, v in q_used.items()},
+                                  **{f"P_hat/{k[2:]}": v for k, v in reply.payload.items()
+                                     if k.startswith("p/")}}
+            self.q_last[reply.node_id] = {k[2:]: v for k, v in reply.payload.items() if k.startswith("q/")}
+
+    # ------------------------------------------------------------------ round
+    def _collect(self, replies: Iterable[Message], stage: str) -> tuple[list[Message], int]:
+        ok, failed = [], 0
+        for msg in replies:
+            if msg.has_error():
+                failed += 1
+                log(WARNING, "%s: node %d failed: %s", stage, msg.metadata.src_node_id, msg.error.reason)
+            else:
+                ok.append(msg)
+        return ok, failed
+
+    def train_round(self, grid: Grid, server_round: int, arrays: ArrayRecord,
+                    timeout: float) -> RoundOutcome:
+        """Run one round's exchanges and return the decoded, accepted replies."""
+        messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
+        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "train")
+        accepted: list[ClientReply] = []
+        rejected = 0
+        for msg in replies:
+            try:
+                reply = self.parse_reply(msg)
+                if not self.allreduce:
+                    self.decode(reply)
+                accepted.append(reply)
+            except RejectedReply as err:
+                rejected += 1
+                log(WARNING, "round %d: rejected reply of node %d: %s", server_round,
+                    msg.metadata.src_node_id, err)
+        if self.allreduce and accepted:
+            accepted, more_rejected, more_failed = self._powersgd_second_exchange(
+                grid, server_round, accepted, timeout)
+            rejected += more_rejected
+            failed += more_failed
+        return RoundOutcome(accepted=accepted, rejected=rejected, failed=failed)
+
+    def _powersgd_second_exchange(self, grid: Grid, server_round: int, accepted: list[ClientReply],
+                                  timeout: float) -> tuple[list[ClientReply], int, int]:
+        """PowerSGD allreduce: average and orthogonalise P, send P-hat, receive and decode Q_i."""
+        p_hat = psgd.aggregate_p([Payload(r.payload) for r in accepted], [r.weight for r in accepted])
+        record = RecordDict({protocol.P_HAT: _to_record(p_hat),
+                             protocol.CONFIG: ConfigRecord({"server-round": server_round})})
+        by_node = {r.node_id: r for r in accepted}
+        messages = [Message(content=record, message_type=f"{MessageType.TRAIN}.{protocol.POWERSGD_Q_ACTION}",
+                            dst_node_id=node_id) for node_id in by_node]
+        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "powersgd_q")
+        done: list[ClientReply] = []
+        rejected = 0
+        q_used = self.q_shared or {}
+        for msg in replies:
+            reply = by_node.get(msg.metadata.src_node_id)
+            try:
+                if reply is None:
+                    raise RejectedReply("reply from a node that was not asked")
+                if protocol.PAYLOAD not in msg.content:
+                    raise RejectedReply("record 'payload' is missing")
+                q_payload = _from_record(msg.content[protocol.PAYLOAD])
+                for name, arr in q_payload.items():
+                    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                        raise RejectedReply(f"array {name!r} holds NaN or Inf")
+                try:
+                    reply.decoded = psgd.decode_allreduce(p_hat, Payload(reply.payload),
+                                                          Payload(q_payload), self.layout)
+                except (KeyError, ValueError, RuntimeError, IndexError) as err:
+                    raise RejectedReply(f"payload does not decode: {err}") from err
+                reply.payload = {**reply.payload, **q_payload}
+                reply.metrics["uplink-bytes"] = float(reply.metrics.get("uplink-bytes", 0)) + float(
+                    sum(a.nbytes for a in q_payload.values()))
+                reply.public_state = {**{f"Q/{k}": v for k, v in q_used.items()},
+                                      **{f"P_hat/{k}": v for k, v in p_hat.items()}}
+                done.append(reply)
+            except RejectedReply as err:
+                rejected += 1
+                log(WARNING, "round %d: rejected powersgd_q reply of node %d: %s", server_round,
+                    msg.metadata.src_node_id, err)
+        if done:  # the shared warm start of the next round: weighted mean of the clients' Q
+            total = sum(r.weight for r in done)
+            self.q_shared = {k: sum((r.weight / total) * r.payload[f"q/{k}"] for r in done).astype(np.float32)
+                             for k in p_hat}
+        return done, rejected, failed
+
+    # ------------------------------------------------------------------ interception
+    def intercept(self, server_round: int, replies: list[ClientReply],
+                  global_state: dict[str, torch.Tensor]) -> None:
+        """Hand the chosen clients' updates to the attackers and save them."""
+        if server_round not in self.intercept_rounds:
+            return
+        num_partitions = self.cfg.num_partitions or max(
+            [r.partition_id + 1 for r in replies] + [len(replies)])
+        chosen = self.cfg.intercepted_partitions(max(num_partitions, 1)) if replies else set()
+        for reply in replies:
+            if reply.partition_id not in chosen:
+                continue
+            item = InterceptedUpdate(
+                round=server_round, node_id=int(reply.node_id), partition_id=reply.partition_id,
+                payload=reply.payload, decoded=reply.decoded, global_state=global_state,
+                train_config={"local-mode": self.cfg.local_mode, "batch-size": self.cfg.batch_size,
+                              "lr": self.cfg.lr, "local-epochs": self.cfg.local_epochs,
+                              "num-examples": int(reply.weight), "model": self.cfg.model,
+                              "dataset": self.cfg.dataset},
+                compressor=self.cfg.compressor_spec(), public_state=reply.public_state,
+                batch_indices=reply.batch_indices)
+            path = item.save(self.run_folder.intercepted_file(server_round, reply.partition_id))
+            log(INFO, "round %d: intercepted client %d -> %s", server_round, reply.partition_id, path)
+            for callback in self.on_intercept:
+                callback(item)
+
+    # ------------------------------------------------------------------ aggregation
+    def aggregate(self, global_state: dict[str, torch.Tensor],
+                  replies: list[ClientReply]) -> dict[str, torch.Tensor]:
+        """Step the global model with the weighted mean update and average BatchNorm statistics."""
+        weights = [r.weight for r in replies]
+        mean_update = weighted_mean([r.decoded for r in replies], weights)
+        step = self.cfg.server_lr * (self.cfg.lr if self.cfg.local_mode == "fedsgd" else 1.0)
+        new_state = apply_update(global_state, mean_update, step)
+        with_buffers = [r for r in replies if r.buffers]
+        if with_buffers:
+            means = weighted_mean([{k: torch.from_numpy(v) for k, v in r.buffers.items()} for r in with_buffers],
+                                  [r.weight for r in with_buffers])
+            for name, value in means.items():
+                if name in new_state and new_state[name].shape == value.shape:
+                    new_state[name] = value.to(new_state[name].dtype)
+        return new_state
+
+    # ------------------------------------------------------------------ loop
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+              timeout: float = 3600, train_config: ConfigRecord | None = None,
+              evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Run ``num_rounds`` rounds; each finished round is written to ``rounds.csv`` at once."""
+        log(INFO, "Starting %s for %d rounds", self.__class__.__name__, num_rounds)
+        self.summary()
+        result = Result()
+        state = initial_arrays.to_torch_state_dict()
+        for server_round in range(1, num_rounds + 1):
+            t0 = time.perf_counter()
+            log(INFO, "")
+            log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
+            arrays = ArrayRecord(state)
+            outcome = self.train_round(grid, server_round, arrays, timeout)
+            accepted = outcome.accepted
+            self.intercept(server_round, accepted, state)
+            if len(accepted) >= self.min_train_nodes:
+                state = self.aggregate(state, accepted)
+            else:
+                log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
+                    server_round, len(accepted), self.min_train_nodes)
+            test_loss, test_acc = (self.evaluate_fn(server_round, state) if self.evaluate_fn
+                                   else (float("nan"), float("nan")))
+            row = {
+                "round": server_round, "test_accuracy": round(test_acc, 6), "test_loss": round(test_loss, 6),
+                "train_loss": round(float(np.mean([r.metrics.get("train-loss", np.nan) for r in accepted]))
+                                    if accepted else float("nan"), 6),
+                "clients": len(accepted), "rejected": outcome.rejected, "failed": outcome.failed,
+                "uplink_bytes": int(sum(r.metrics.get("uplink-bytes", 0) for r in accepted)),
+                "dense_bytes": int(sum(r.metrics.get("dense-bytes", 0) for r in accepted)),
+                "buffer_bytes": int(sum(r.metrics.get("buffer-bytes", 0) for r in accepted)),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            self.run_folder.append_round(row)
+            log(INFO, "round %d/%d: test_accuracy=%.4f test_loss=%.4f clients=%d rejected=%d failed=%d "
+                "uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, test_acc, test_loss,
+                row["clients"], row["rejected"], row["failed"], row["uplink_bytes"], row["dense_bytes"],
+                row["seconds"])
+            result.train_metrics_clientapp[server_round] = MetricRecord(
+                {k: float(v) for k, v in row.items() if k != "round"})
+        result.arrays = ArrayRecord(state)
+        return result

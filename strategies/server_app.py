@@ -1,0 +1,69 @@
+"""fedtrust ServerApp (``strategies.server_app:app``).
+
+Validates the run config before the first round, makes the run folder, builds the
+initial global model from the run's seed and runs :class:`CompressedFedAvg`.
+"""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedtrust.config import RunConfig, parse_run_config
+from fedtrust.data import load_dataset
+from fedtrust.models import get_model
+from fedtrust.records import RunFolder
+from fedtrust.training import evaluate, select_device
+from strategies.compressed_fedavg import CompressedFedAvg
+
+app = ServerApp()
+
+
+def run_name(cfg: RunConfig, run_id: int) -> str:
+    """``<time>-<dataset>-<compressor><level>-<run id>`` unless ``run-name`` is set."""
+    if cfg.run_name:
+        return cfg.run_name
+    dataset = cfg.dataset.split(":")[0]
+    algo = "sgd" if cfg.compressor == "none" else f"{cfg.compressor}{cfg.level}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{algo}-{run_id}"
+
+
+def make_evaluate_fn(cfg: RunConfig, model: torch.nn.Module):
+    """Central evaluation on the held-out test split (``eval-samples`` of it, 0 = all)."""
+    device = select_device(cfg.device)
+    test = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir or None)
+    x, y = test.to_tensors()
+    if cfg.eval_samples and cfg.eval_samples < len(x):
+        keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.eval_samples]
+        x, y = x[keep], y[keep]
+    model = model.to(device)
+
+    def evaluate_fn(server_round: int, state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        model.load_state_dict(state)
+        return evaluate(model, x, y, batch_size=cfg.eval_batch_size, device=device)
+
+    return evaluate_fn
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation described by the run config."""
+    cfg = parse_run_config(context.run_config)
+    train = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir or None)
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+    folder = RunFolder.create(cfg.output_dir, run_name(cfg, context.run_id))
+    folder.write_config(cfg.as_flat_dict(), extra={"run_id": context.run_id,
+                                                   "num_parameters": sum(p.numel() for p in model.parameters())})
+    log(INFO, "fedtrust run folder: %s", folder.path)
+
+    initial = ArrayRecord(model.state_dict())
+    strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model))
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds)
+    log(INFO, "fedtrust run finished: %s", folder.path)

@@ -1,0 +1,60 @@
+"""The run config: pyproject's [tool.flwr.app.config] and RunConfig agree; bad values are named."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedtrust.config import ConfigError, RunConfig, parse_run_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pyproject_config() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def test_pyproject_keys_and_defaults_match_runconfig():
+    raw = pyproject_config()
+    fields = {f.name.replace("_", "-"): f.default for f in dataclasses.fields(RunConfig)}
+    assert set(raw) == set(fields)
+    cfg = parse_run_config(raw)
+    for key, value in raw.items():
+        assert getattr(cfg, key.replace("-", "_")) == value, key
+        assert fields[key] == value, key
+
+
+def test_every_key_is_documented_in_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in pyproject_config() if f"`{k}`" not in readme]
+    assert not missing, f"run-config keys missing from README: {missing}"
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    ({"compressor": "gzip"}, ["compressor", "gzip", "powersgd", "topk"]),
+    ({"level": 0}, ["level", "0", ">= 1"]),
+    ({"local-mode": "sgd"}, ["local-mode", "fedsgd", "fedavg"]),
+    ({"powersgd-mode": "ring"}, ["powersgd-mode", "allreduce", "local"]),
+    ({"model": "vgg"}, ["model", "resnet18", "convnet"]),
+    ({"dataset": "imagenet"}, ["dataset", "cifar10", "folder:PATH"]),
+    ({"data-dir": "/no/such/folder"}, ["data-dir", "/no/such/folder"]),
+    ({"intercept-rounds": "5"}, ["intercept-rounds", "5"]),
+    ({"batch-size": "many"}, ["batch-size", "integer"]),
+    ({"lr": -1.0}, ["lr", "> 0"]),
+    ({"compresor": "topk"}, ["compresor", "unknown", "compressor"]),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(raw, words):
+    with pytest.raises(ConfigError) as info:
+        parse_run_config({**pyproject_config(), **raw})
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_selection_parsing():
+    cfg = parse_run_config({"num-server-rounds": 4, "intercept-rounds": "all", "intercept-clients": "0,2"})
+    assert cfg.intercepted_rounds() == {1, 2, 3, 4}
+    assert cfg.intercepted_partitions(3) == {0, 2}
+    assert parse_run_config({"intercept-rounds": "none"}).intercepted_rounds() == set()
