@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedtrust.data.partition import PARTITIONER_NAMES as PARTITIONERS
+from fedtrust.data.specs import BUILTIN_DATASETS, DATASET_NAMES as DATASETS
 from fedtrust.models import MODEL_NAMES
 
 COMPRESSORS = ("none", "powersgd", "topk")
 LOCAL_MODES = ("fedsgd", "fedavg")
 POWERSGD_MODES = ("allreduce", "local")
 TOPK_SCOPES = ("global", "layer")
-PARTITIONERS = ("iid", "dirichlet")
-DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist", "sample", "folder:PATH")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 
 
@@ -179,7 +179,7 @@ def _check_range(cfg: RunConfig) -> None:
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
          "device", dev, ", ".join(DEVICES))
     ds = cfg.dataset
-    need(ds in DATASETS[:-1] or (ds.startswith("folder:") and len(ds) > len("folder:")),
+    need(ds in BUILTIN_DATASETS or (ds.startswith("folder:") and len(ds) > len("folder:")),
          "dataset", ds, ", ".join(DATASETS))
     if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
         raise ConfigError(
