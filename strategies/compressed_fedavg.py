@@ -34,6 +34,7 @@ from fedtrust import protocol
 from fedtrust.compression import Payload, get_compressor
 from fedtrust.compression import powersgd as psgd
 from fedtrust.compression.base import Layout
+from fedtrust.compression.validate import PayloadError, validate_dense, validate_payload
 from fedtrust.config import RunConfig
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.records import RunFolder
@@ -116,6 +117,8 @@ class CompressedFedAvg(FedAvg):
             q0 = psgd.initial_q(layout, cfg.level, cfg.seed)
             self.q_shared = {k: v.numpy() for k, v in q0.items()}
         self.intercept_rounds = cfg.intercepted_rounds()
+        self.spec = cfg.compressor_spec()
+        self.buffer_shapes: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ hooks
     def summary(self) -> None:
@@ -135,23 +138,34 @@ class CompressedFedAvg(FedAvg):
             record[protocol.WARM_START] = _to_record(self.q_shared)
         return self._construct_messages(record, node_ids, MessageType.TRAIN)
 
-    def parse_reply(self, msg: Message) -> ClientReply:
-        """Check one reply's records and turn them into a :class:`ClientReply`."""
-        content = msg.content
+    def parse_reply(self, node_id: int, content: RecordDict) -> ClientReply:
+        """Check one reply's records and turn them into a :class:`ClientReply`.
+
+        Raises :class:`RejectedReply` with the reason when anything does not match what
+        the run's configuration allows.
+        """
         for key in (protocol.PAYLOAD, protocol.METRICS):
             if key not in content:
                 raise RejectedReply(f"record {key!r} is missing")
         metrics = dict(content[protocol.METRICS])
-        weight = float(metrics.get("num-examples", 0))
-        if not np.isfinite(weight) or weight <= 0:
-            raise RejectedReply(f"num-examples={weight} is not a positive number")
-        payload = _from_record(content[protocol.PAYLOAD])
-        for name, arr in payload.items():
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                raise RejectedReply(f"array {name!r} holds NaN or Inf")
-        buffers = _from_record(content[protocol.BUFFERS]) if protocol.BUFFERS in content else {}
+        weight = metrics.get("num-examples", 0)
+        if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+            raise RejectedReply(f"num-examples={weight!r} is not a positive number")
+        if self.cfg.local_mode == "fedsgd" and weight > self.cfg.batch_size:
+            raise RejectedReply(f"num-examples={weight} exceeds the FedSGD batch-size {self.cfg.batch_size}")
+        weight = float(weight)
+        try:
+            payload = _from_record(content[protocol.PAYLOAD])
+            validate_payload(payload, self.spec, self.layout, phase="p" if self.allreduce else "all")
+            buffers = _from_record(content[protocol.BUFFERS]) if protocol.BUFFERS in content else {}
+            if self.buffer_shapes is not None:
+                validate_dense(buffers, self.buffer_shapes)
+        except PayloadError as err:
+            raise RejectedReply(str(err)) from err
+        except (TypeError, ValueError) as err:  # arrays that do not even deserialise
+            raise RejectedReply(f"unreadable arrays: {err}") from err
         audit = _from_record(content[protocol.AUDIT]) if protocol.AUDIT in content else {}
-        return ClientReply(node_id=msg.metadata.src_node_id,
+        return ClientReply(node_id=node_id,
                            partition_id=int(metrics.get("partition-id", -1)), weight=weight,
                            payload=payload, buffers=buffers, metrics=metrics,
                            batch_indices=audit.get("batch-indices"))
@@ -189,7 +203,7 @@ class CompressedFedAvg(FedAvg):
         rejected = 0
         for msg in replies:
             try:
-                reply = self.parse_reply(msg)
+                reply = self.parse_reply(msg.metadata.src_node_id, msg.content)
                 if not self.allreduce:
                     self.decode(reply)
                 accepted.append(reply)
@@ -224,10 +238,13 @@ class CompressedFedAvg(FedAvg):
                     raise RejectedReply("reply from a node that was not asked")
                 if protocol.PAYLOAD not in msg.content:
                     raise RejectedReply("record 'payload' is missing")
-                q_payload = _from_record(msg.content[protocol.PAYLOAD])
-                for name, arr in q_payload.items():
-                    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                        raise RejectedReply(f"array {name!r} holds NaN or Inf")
+                try:
+                    q_payload = _from_record(msg.content[protocol.PAYLOAD])
+                    validate_payload(q_payload, self.spec, self.layout, phase="q")
+                except PayloadError as err:
+                    raise RejectedReply(str(err)) from err
+                except (TypeError, ValueError) as err:
+                    raise RejectedReply(f"unreadable arrays: {err}") from err
                 try:
                     reply.decoded = psgd.decode_allreduce(p_hat, Payload(reply.payload),
                                                           Payload(q_payload), self.layout)
@@ -302,6 +319,9 @@ class CompressedFedAvg(FedAvg):
         self.summary()
         result = Result()
         state = initial_arrays.to_torch_state_dict()
+        names = {n for n, _ in self.layout}
+        self.buffer_shapes = {k: tuple(v.shape) for k, v in state.items()
+                              if k not in names and v.dtype.is_floating_point}
         for server_round in range(1, num_rounds + 1):
             t0 = time.perf_counter()
             log(INFO, "")

@@ -1,0 +1,126 @@
+"""Broken or hostile client replies are rejected with a reason; honest ones pass.
+
+Each case starts from an honest reply (a real gradient of the ConvNet, compressed by
+the real compressor, packed into Flower records as the ClientApp does) and breaks one
+thing. Without the server's checks, each of these would either crash the decoder,
+poison the aggregate with NaN/Inf, or be silently accepted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from fedtrust import protocol
+from fedtrust.compression import get_compressor, layout_of
+from fedtrust.config import parse_run_config
+from fedtrust.models import ConvNet
+from fedtrust.records import RunFolder
+from fedtrust.training import batch_gradient, buffer_state
+from strategies.compressed_fedavg import CompressedFedAvg, RejectedReply
+
+
+def record(arrays):
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def honest(compressor: str, level: int = 2, **extra):
+    torch.manual_seed(0)
+    model = ConvNet(num_classes=10, in_channels=1)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    grads, _ = batch_gradient(model, x, y)
+    cfg = parse_run_config({"model": "convnet", "compressor": compressor, "level": level,
+                            "batch-size": 8, **extra})
+    comp = get_compressor(compressor, level=level, layout=layout_of(grads), **cfg.compressor_options())
+    allreduce = compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
+    payload = comp.encode_p(grads) if allreduce else comp.encode(grads)
+    content = {
+        "payload": dict(payload.arrays),
+        "buffers": {k: v.numpy() for k, v in buffer_state(model).items()},
+        "metrics": {"num-examples": 8, "train-loss": 2.3, "uplink-bytes": payload.nbytes,
+                    "dense-bytes": comp.dense_nbytes(), "buffer-bytes": 0, "partition-id": 0},
+    }
+    return cfg, model, content
+
+
+def strategy_for(cfg, model, tmp_path):
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"))
+    strat.buffer_shapes = {k: tuple(v.shape) for k, v in buffer_state(model).items()}
+    return strat
+
+
+def pack(content):
+    return RecordDict({protocol.PAYLOAD: record(content["payload"]),
+                       protocol.BUFFERS: record(content["buffers"]),
+                       protocol.METRICS: MetricRecord(content["metrics"])})
+
+
+CASES = {
+    "missing array": ("none", lambda p: p.pop(next(iter(p))), "missing"),
+    "extra array": ("none", lambda p: p.__setitem__("dense/evil", np.zeros(3, np.float32)), "unexpected"),
+    "wrong shape": ("none", lambda p: p.__setitem__("dense/fc.bias", np.zeros(11, np.float32)), "shape"),
+    "wrong dtype": ("none", lambda p: p.__setitem__("dense/fc.bias", p["dense/fc.bias"].astype(np.float64)), "dtype"),
+    "nan": ("none", lambda p: p["dense/fc.weight"].__setitem__((0, 0), np.nan), "NaN"),
+    "inf": ("topk", lambda p: p["values"].__setitem__(0, np.inf), "Inf"),
+    "topk index out of range": ("topk", lambda p: p["indices"].__setitem__(0, 10**8), "outside"),
+    "topk negative index": ("topk", lambda p: p["indices"].__setitem__(0, -1), "outside"),
+    "topk repeated index": ("topk", lambda p: p["indices"].__setitem__(1, p["indices"][0]), "repeated"),
+    "powersgd wrong rank": ("powersgd", lambda p: [p.__setitem__(k, np.zeros((v.shape[0], 3), np.float32))
+                                                   for k, v in list(p.items()) if k.startswith("p/")], "rank"),
+    "oversized payload": ("topk", lambda p: p.__setitem__("values", np.zeros(10**6, np.float32)), "bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_payload_is_rejected_with_a_reason(case, tmp_path):
+    compressor, corrupt, reason = CASES[case]
+    cfg, model, content = honest(compressor)
+    strat = strategy_for(cfg, model, tmp_path)
+    strat.parse_reply(1, pack(content))  # the honest reply passes
+    corrupt(content["payload"])
+    with pytest.raises(RejectedReply, match=reason):
+        strat.parse_reply(1, pack(content))
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("num-examples", -5, "positive"),
+    ("num-examples", float("nan"), "positive"),
+    ("num-examples", 10**9, "batch-size"),
+])
+def test_hostile_metrics_are_rejected(field, value, reason, tmp_path):
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    content["metrics"][field] = value
+    with pytest.raises(RejectedReply, match=reason):
+        strat.parse_reply(1, pack(content))
+
+
+def test_poisoned_batchnorm_buffers_are_rejected(tmp_path):
+    cfg, model, content = honest("none")
+    # the ConvNet has no BatchNorm: give the server ResNet-like expectations by hand
+    strat = strategy_for(cfg, model, tmp_path)
+    strat.buffer_shapes = {"bn.running_mean": (4,)}
+    content["buffers"] = {"bn.running_mean": np.array([0, 0, np.inf, 0], np.float32)}
+    with pytest.raises(RejectedReply, match="NaN or Inf"):
+        strat.parse_reply(1, pack(content))
+
+
+def test_missing_records_are_rejected(tmp_path):
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    rd = pack(content)
+    del rd[protocol.PAYLOAD]
+    with pytest.raises(RejectedReply, match="payload"):
+        strat.parse_reply(1, rd)
+
+
+def test_powersgd_second_exchange_rank_is_checked():
+    from fedtrust.compression.validate import PayloadError, validate_payload
+    layout = (("w", (64, 64)),)
+    spec = {"compressor": "powersgd", "level": 2, "mode": "allreduce"}
+    validate_payload({"q/w": np.zeros((64, 2), np.float32)}, spec, layout, phase="q")
+    with pytest.raises(PayloadError, match="rank 4"):
+        validate_payload({"q/w": np.zeros((64, 4), np.float32)}, spec, layout, phase="q")
