@@ -52,6 +52,12 @@ def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}
 
 
+def _q_used(q: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The Q a PowerSGD client multiplies with: its warm-start Q, orthogonalised (as PyTorch's hook)."""
+    return {f"Q/{k}": psgd.orthogonalize(torch.from_numpy(np.array(v, dtype=np.float32))).numpy()
+            for k, v in q.items()}
+
+
 @dataclass
 class ClientReply:
     """One accepted client reply of a round."""
@@ -178,7 +184,7 @@ class CompressedFedAvg(FedAvg):
             raise RejectedReply(f"payload does not decode: {err}") from err
         if self.cfg.compressor == "powersgd":  # local mode: the client's own Q and P
             q_used = self.q_last.get(reply.node_id, self.q_shared or {})
-            reply.public_state = {**{f"Q/{k}": v for k, v in q_used.items()},
+            reply.public_state = {**_q_used(q_used),
                                   **{f"P_hat/{k[2:]}": v for k, v in reply.payload.items()
                                      if k.startswith("p/")}}
             self.q_last[reply.node_id] = {k[2:]: v for k, v in reply.payload.items() if k.startswith("q/")}
@@ -230,7 +236,7 @@ class CompressedFedAvg(FedAvg):
         replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "powersgd_q")
         done: list[ClientReply] = []
         rejected = 0
-        q_used = self.q_shared or {}
+        q_used = _q_used(self.q_shared or {})
         for msg in replies:
             reply = by_node.get(msg.metadata.src_node_id)
             try:
@@ -253,7 +259,7 @@ class CompressedFedAvg(FedAvg):
                 reply.payload = {**reply.payload, **q_payload}
                 reply.metrics["uplink-bytes"] = float(reply.metrics.get("uplink-bytes", 0)) + float(
                     sum(a.nbytes for a in q_payload.values()))
-                reply.public_state = {**{f"Q/{k}": v for k, v in q_used.items()},
+                reply.public_state = {**q_used,
                                       **{f"P_hat/{k}": v for k, v in p_hat.items()}}
                 done.append(reply)
             except RejectedReply as err:
@@ -261,9 +267,7 @@ class CompressedFedAvg(FedAvg):
                 log(WARNING, "round %d: rejected powersgd_q reply of node %d: %s", server_round,
                     msg.metadata.src_node_id, err)
         if done:  # the shared warm start of the next round: weighted mean of the clients' Q
-            total = sum(r.weight for r in done)
-            self.q_shared = {k: sum((r.weight / total) * r.payload[f"q/{k}"] for r in done).astype(np.float32)
-                             for k in p_hat}
+            self.q_shared = psgd.aggregate_q([Payload(r.payload) for r in done], [r.weight for r in done])
         return done, rejected, failed
 
     # ------------------------------------------------------------------ interception

@@ -156,17 +156,16 @@ class Payload:
 
 def to_wire(tensor: torch.Tensor) -> np.ndarray:
     """A float32 NumPy copy of ``tensor`` on the CPU: how a value array goes on the wire."""
-    return tensor.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().copy()
+    return tensor.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous().numpy()
 
 
 def from_wire(array: np.ndarray | torch.Tensor, device: torch.device | str | None = None
               ) -> torch.Tensor:
     """A float32 tensor (a copy, on ``device``, CPU by default) of a wire array."""
+    target = torch.device("cpu") if device is None else torch.device(device)
     if isinstance(array, torch.Tensor):
-        tensor = array.detach().to(torch.float32)
-    else:
-        tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True))
-    return tensor.to(device="cpu" if device is None else device).clone()
+        return array.detach().to(device=target, dtype=torch.float32, copy=True)
+    return torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(target)
 
 
 def dense_from_payload(payload: Payload, name: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -1,0 +1,40 @@
+"""No compression: every tensor crosses the network as it is (``dense/{name}``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fedtrust.compression.base import Compressor, Layout, Payload, dense_from_payload, to_wire
+
+
+class NoCompressor(Compressor):
+    """Sends the update dense; stateless (``error_feedback`` is accepted and has no effect).
+
+    Parameters
+    ----------
+    level:
+        Ignored (kept so that every compressor takes the same arguments).
+    layout:
+        Names and shapes of the update; taken from the first update if ``None``.
+    error_feedback:
+        Ignored: nothing is ever left out, so there is no residual.
+    """
+
+    name = "none"
+
+    def __init__(self, level: int = 1, layout: Layout | None = None,
+                 error_feedback: bool = True) -> None:
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
+
+    def encode(self, update: Mapping[str, torch.Tensor]) -> Payload:
+        """``dense/{name}`` = the tensor, as float32 on the CPU, for every tensor."""
+        layout = self._ensure_layout(update)
+        return Payload({f"dense/{name}": to_wire(update[name]) for name, _ in layout})
+
+    def decode(self, payload: Payload) -> dict[str, torch.Tensor]:
+        """The dense tensors of the payload (float32, CPU), in layout order."""
+        if self.layout is None:
+            raise RuntimeError("none: layout unknown: encode an update or pass layout=")
+        return {name: dense_from_payload(payload, name, shape) for name, shape in self.layout}

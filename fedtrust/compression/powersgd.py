@@ -1,0 +1,442 @@
+"""PowerSGD: rank-r power-iteration compression (Vogels et al. 2019).
+
+Each compressible tensor is viewed as a matrix ``M`` of shape ``(shape[0], -1)``
+(with the residual added when error feedback is on) and approximated by
+``P_hat Q^T`` with one step of subspace iteration per round, warm-started from
+the previous round's ``Q``. The arithmetic follows PyTorch's
+``torch/distributed/algorithms/ddp_comm_hooks/powerSGD_hook.py``:
+
+1. ``Q <- orth(Q)`` (the shared random start, or the warm-start Q),
+2. ``P <- M Q``, then ``P_hat <- orth(P)`` (all-reduced across workers first),
+3. ``Q <- M^T P_hat`` (all-reduced across workers),
+4. approximation ``P_hat Q^T``, residual ``M - P_hat Q_i^T`` (Vogels et al., Alg. 2).
+
+``orth`` is :func:`orthogonalize`: Gram-Schmidt for rank <= 2, ``torch.linalg.qr``
+otherwise, with epsilon 0, exactly as PyTorch's ``_orthogonalize``.
+
+Two protocols (see ``docs/architecture.md``):
+
+``mode="allreduce"``
+    Two exchanges per round: the client sends ``p/`` (:meth:`PowerSGDCompressor.encode_p`),
+    the server returns ``p_hat`` (:func:`aggregate_p`), the client sends ``q/``
+    (:meth:`PowerSGDCompressor.encode_q`) and the server decodes with
+    :func:`decode_allreduce` and broadcasts ``Q-bar`` (:func:`aggregate_q`,
+    :meth:`PowerSGDCompressor.set_warm_start`). ``encode``/``decode`` run the same
+    protocol for a single worker.
+``mode="local"``
+    One exchange: the client orthogonalises its own ``P`` and sends ``p/`` = P-hat
+    and ``q/`` = Q; ``decode`` is ``P Q^T``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fedtrust.compression.base import (
+    MIN_COMPRESSION_RATE,
+    Compressor,
+    Layout,
+    Payload,
+    check_level,
+    compressible_names,
+    dense_from_payload,
+    from_wire,
+    matrix_shape,
+    to_wire,
+)
+
+MODES = ("allreduce", "local")
+
+_STATE_PREFIXES = ("residual/", "warm_q/", "pending_m/", "public/")
+
+
+# ----------------------------------------------------------------------------- math
+def orthogonalize(matrix: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+    """Orthonormalise the columns of an ``(n, r)`` matrix, as PyTorch's ``_orthogonalize``.
+
+    Gram-Schmidt for ``r <= 2`` (and half precision), ``torch.linalg.qr`` otherwise.
+    With ``epsilon = 0`` the Gram-Schmidt path divides each column by its norm; a
+    column that is exactly zero is left at zero instead of becoming NaN (what
+    PyTorch's hook means to do in its ``ZeroDivisionError`` branch, which a tensor
+    division never reaches).
+
+    Parameters
+    ----------
+    matrix:
+        ``(n, r)`` with ``r <= n``; not modified.
+    epsilon:
+        Added to each column norm on the Gram-Schmidt path.
+
+    Returns
+    -------
+    torch.Tensor
+        A new ``(n, r)`` tensor with orthonormal columns spanning ``matrix``'s columns.
+    """
+    if matrix.ndim != 2 or matrix.shape[1] > matrix.shape[0]:
+        raise ValueError(f"orthogonalize needs an (n, r) matrix with r <= n, got {tuple(matrix.shape)}")
+    rank = matrix.shape[1]
+    if rank > 2 and matrix.dtype not in (torch.float16, torch.bfloat16):
+        return torch.linalg.qr(matrix, mode="reduced").Q
+    out = matrix.clone()
+    for i in range(rank):
+        col = out[:, i:i + 1]
+        norm = torch.linalg.vector_norm(col, dim=0, keepdim=True)
+        if epsilon == 0:
+            col.copy_(torch.where(norm > 0, col / norm, torch.zeros_like(col)))
+        else:
+            col /= norm + epsilon
+        if i + 1 < rank:
+            rest = out[:, i + 1:]
+            rest -= torch.sum(col * rest, dim=0, keepdim=True) * col
+    return out
+
+
+def initial_q(layout: Layout, rank: int, seed: int,
+              min_compression_rate: float = MIN_COMPRESSION_RATE) -> dict[str, torch.Tensor]:
+    """The shared random start: one ``randn(m, rank)`` per compressible tensor, in layout order.
+
+    Drawn on the CPU in float32 from a ``torch.Generator`` seeded with ``seed``, so
+    every client (and the server) rebuilds the same matrices. ``encode`` orthogonalises
+    them before use, as PyTorch's hook does.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    shapes = dict(layout)
+    out: dict[str, torch.Tensor] = {}
+    for name in compressible_names(layout, rank, min_compression_rate):
+        _, m = matrix_shape(shapes[name])
+        out[name] = torch.randn(m, rank, generator=generator, dtype=torch.float32)
+    return out
+
+
+def _strip_prefix(arrays: Mapping[str, np.ndarray | torch.Tensor], prefix: str
+                  ) -> dict[str, np.ndarray | torch.Tensor]:
+    """Keys ``name`` or ``{prefix}name`` -> ``name``."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in arrays.items()}
+
+
+def _weighted_mean(payloads: Sequence[Payload], weights: Sequence[float], prefix: str
+                   ) -> dict[str, torch.Tensor]:
+    """Weighted mean (float32, CPU) of the arrays named ``{prefix}{name}`` of each payload."""
+    if len(payloads) == 0:
+        raise ValueError("need at least one payload")
+    if len(weights) != len(payloads):
+        raise ValueError(f"got {len(payloads)} payloads but {len(weights)} weights")
+    w = [float(x) for x in weights]
+    if any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {w}")
+    keys = [k for k in payloads[0].arrays if k.startswith(prefix)]
+    for i, payload in enumerate(payloads):
+        got = [k for k in payload.arrays if k.startswith(prefix)]
+        if sorted(got) != sorted(keys):
+            raise ValueError(f"payload {i} has different {prefix!r} arrays than payload 0")
+    total = sum(w)
+    out: dict[str, torch.Tensor] = {}
+    for key in keys:
+        acc = sum(wi * from_wire(p.arrays[key]) for wi, p in zip(w, payloads))
+        out[key[len(prefix):]] = acc / total
+    return out
+
+
+# ------------------------------------------------------------------ server side
+def aggregate_p(payloads: Sequence[Payload], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Server, allreduce step 2: P-hat = orth(weighted mean of the clients' ``p/`` arrays).
+
+    Parameters
+    ----------
+    payloads:
+        The clients' :meth:`PowerSGDCompressor.encode_p` payloads.
+    weights:
+        One non-negative weight per payload (e.g. number of examples).
+
+    Returns
+    -------
+    dict[str, np.ndarray]
+        ``name -> P_hat`` (float32, ``(n, r)``), to send to every client.
+    """
+    return {name: to_wire(orthogonalize(p)) for name, p in _weighted_mean(payloads, weights, "p/").items()}
+
+
+def aggregate_q(payloads: Sequence[Payload], weights: Sequence[float]) -> dict[str, np.ndarray]:
+    """Server, allreduce step 4: Q-bar = weighted mean of the clients' ``q/`` arrays.
+
+    The weighted mean of the clients' decoded updates is ``P_hat Q_bar^T``; Q-bar is
+    also every client's next warm start (:meth:`PowerSGDCompressor.set_warm_start`).
+    """
+    return {name: to_wire(q) for name, q in _weighted_mean(payloads, weights, "q/").items()}
+
+
+def decode_allreduce(p_hat: Mapping[str, np.ndarray], payload_p: Payload, payload_q: Payload,
+                     layout: Layout) -> dict[str, torch.Tensor]:
+    """Server, allreduce step 4: one client's update ``P_hat Q_i^T`` (plus its dense tensors).
+
+    Parameters
+    ----------
+    p_hat:
+        ``name -> P_hat`` from :func:`aggregate_p` (a ``p/`` prefix on names is accepted).
+    payload_p:
+        The client's :meth:`PowerSGDCompressor.encode_p` payload (its ``dense/`` arrays).
+    payload_q:
+        The client's :meth:`PowerSGDCompressor.encode_q` payload (its ``q/`` arrays).
+    layout:
+        Names and shapes of the update.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        The dense update (float32, CPU) in layout order.
+    """
+    p_hat = _strip_prefix(p_hat, "p/")
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in layout:
+        if name in p_hat:
+            key = f"q/{name}"
+            if key not in payload_q.arrays:
+                raise ValueError(f"payload_q has no array {key!r}")
+            p = from_wire(p_hat[name])
+            q = from_wire(payload_q.arrays[key])
+            n, m = matrix_shape(shape)
+            if p.shape[0] != n or q.shape[0] != m or p.shape[1] != q.shape[1]:
+                raise ValueError(f"{name}: P_hat {tuple(p.shape)} and Q {tuple(q.shape)} do not "
+                                 f"factor a {n}x{m} matrix")
+            out[name] = (p @ q.T).reshape(shape)
+        else:
+            out[name] = dense_from_payload(payload_p, name, shape)
+    return out
+
+
+# ------------------------------------------------------------------ client side
+class PowerSGDCompressor(Compressor):
+    """PowerSGD with warm start and error feedback (one compressor per client).
+
+    Parameters
+    ----------
+    level:
+        The rank r of the approximation.
+    layout:
+        Names and shapes of the update; taken from the first update if ``None``.
+    error_feedback:
+        Keep ``residual = M - approximation`` per tensor and add it to the next update.
+    mode:
+        ``"allreduce"`` (two exchanges: :meth:`encode_p`, :meth:`encode_q`) or
+        ``"local"`` (one exchange). ``encode``/``decode`` work in both.
+    seed:
+        Seed of the shared initial Q (:func:`initial_q`); the same on every client.
+    min_compression_rate:
+        A matrix is compressed only if rank r shrinks it more than this factor
+        (PyTorch's default 2); other tensors, and all 1-D tensors, are sent dense.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``mode``, or a level at which no tensor of the layout is compressible.
+    """
+
+    name = "powersgd"
+
+    def __init__(self, level: int = 1, layout: Layout | None = None, error_feedback: bool = True,
+                 mode: str = "allreduce", seed: int = 0,
+                 min_compression_rate: float = MIN_COMPRESSION_RATE) -> None:
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not known; allowed: {', '.join(MODES)}")
+        if not float(min_compression_rate) > 0:
+            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        self.mode = mode
+        self.seed = int(seed)
+        self.min_compression_rate = float(min_compression_rate)
+        self._residual: dict[str, torch.Tensor] = {}
+        self._warm_q: dict[str, torch.Tensor] = {}
+        self._pending: dict[str, torch.Tensor] = {}
+        self._public: dict[str, torch.Tensor] = {}
+        if self.layout is not None:
+            check_level(self.layout, self.level, self.min_compression_rate)
+
+    # ------------------------------------------------------------ helpers
+    def _layout_for(self, update: Mapping[str, torch.Tensor]) -> Layout:
+        known = self.layout is not None
+        layout = self._ensure_layout(update)
+        if not known:
+            check_level(layout, self.level, self.min_compression_rate)
+        return layout
+
+    def compressible(self) -> list[str]:
+        """Names of the tensors this compressor factorises (the rest are sent dense)."""
+        if self.layout is None:
+            raise RuntimeError("powersgd: layout unknown: encode an update or pass layout=")
+        return compressible_names(self.layout, self.level, self.min_compression_rate)
+
+    def _matrix(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``M = update (+ residual)`` as a float32 ``(n, m)`` matrix on the update's device."""
+        m = tensor.detach().to(torch.float32).reshape(matrix_shape(tuple(tensor.shape)))
+        if self.error_feedback and name in self._residual:
+            m = m + self._residual[name].to(m.device).reshape(m.shape)
+        return m
+
+    def _start_q(self, name: str, device: torch.device) -> torch.Tensor:
+        """The orthogonalised Q this round starts from (warm start, else the shared random Q)."""
+        if name not in self._warm_q:
+            self._warm_q.update({k: v for k, v in initial_q(self.layout, self.level, self.seed,
+                                                            self.min_compression_rate).items()
+                                 if k not in self._warm_q})
+        return orthogonalize(self._warm_q[name].to(device))
+
+    def _remember(self, name: str, m: torch.Tensor, p_hat: torch.Tensor, q: torch.Tensor,
+                  shape: tuple[int, ...]) -> None:
+        """Refresh warm start and residual after ``Q = M^T P_hat``."""
+        self._warm_q[name] = q
+        if self.error_feedback:
+            self._residual[name] = (m - p_hat @ q.T).reshape(shape)
+        self._public[f"P_hat/{name}"] = p_hat
+
+    # ------------------------------------------------------------ allreduce protocol
+    def encode_p(self, update: Mapping[str, torch.Tensor]) -> Payload:
+        """Allreduce step 1: ``p/{name}`` = M Q per compressible tensor, ``dense/{name}`` otherwise.
+
+        Keeps M until :meth:`encode_q`. Calling it again before :meth:`encode_q`
+        abandons the pending round (the residual is only refreshed by :meth:`encode_q`).
+        """
+        if self.mode != "allreduce":
+            raise ValueError(f"encode_p belongs to mode='allreduce'; this compressor has mode={self.mode!r}")
+        layout = self._layout_for(update)
+        names = set(self.compressible())
+        self._pending = {}
+        self._public = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, shape in layout:
+            tensor = update[name]
+            if name not in names:
+                arrays[f"dense/{name}"] = to_wire(tensor)
+                continue
+            m = self._matrix(name, tensor)
+            q = self._start_q(name, m.device)
+            arrays[f"p/{name}"] = to_wire(m @ q)
+            self._pending[name] = m
+            self._public[f"Q/{name}"] = q
+        return Payload(arrays)
+
+    def encode_q(self, p_hat: Mapping[str, np.ndarray]) -> Payload:
+        """Allreduce step 3: ``q/{name}`` = M^T P_hat; residual = M - P_hat Q_i^T; warm start = Q_i.
+
+        Parameters
+        ----------
+        p_hat:
+            ``name -> P_hat`` from :func:`aggregate_p` (a ``p/`` prefix on names is accepted).
+        """
+        if not self._pending:
+            raise RuntimeError("encode_q needs a pending round: call encode_p first")
+        p_hat = _strip_prefix(p_hat, "p/")
+        missing = [name for name in self._pending if name not in p_hat]
+        if missing:
+            raise ValueError(f"p_hat lacks tensors {missing}")
+        shapes = dict(self.layout)
+        arrays: dict[str, np.ndarray] = {}
+        for name, m in self._pending.items():
+            ph = from_wire(p_hat[name], m.device)
+            if tuple(ph.shape) != (m.shape[0], self.level):
+                raise ValueError(f"p_hat[{name!r}] has shape {tuple(ph.shape)}, "
+                                 f"expected {(m.shape[0], self.level)}")
+            q = m.T @ ph
+            arrays[f"q/{name}"] = to_wire(q)
+            self._remember(name, m, ph, q, shapes[name])
+        self._pending = {}
+        return Payload(arrays)
+
+    def set_warm_start(self, q: Mapping[str, np.ndarray]) -> None:
+        """Start the next round from the server's ``Q-bar`` (``name -> (m, r)``; ``q/`` prefix accepted)."""
+        if self.layout is None:
+            raise RuntimeError("powersgd: layout unknown: encode an update or pass layout=")
+        q = _strip_prefix(q, "q/")
+        shapes = dict(self.layout)
+        names = self.compressible()
+        unexpected = sorted(set(q) - set(names))
+        missing = [name for name in names if name not in q]
+        if unexpected or missing:
+            raise ValueError(f"set_warm_start: missing tensors {missing}, unexpected {unexpected}")
+        for name in names:
+            value = from_wire(q[name])
+            expected = (matrix_shape(shapes[name])[1], self.level)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"set_warm_start: q[{name!r}] has shape {tuple(value.shape)}, "
+                                 f"expected {expected}")
+            self._warm_q[name] = value
+
+    # ------------------------------------------------------------ Compressor API
+    def encode(self, update: Mapping[str, torch.Tensor]) -> Payload:
+        """Compress one update (one worker): ``p/``, ``q/`` and ``dense/`` arrays.
+
+        ``allreduce``: ``p/`` is the raw ``M Q`` and the client's P-hat is
+        :func:`aggregate_p` of its own payload (computed on the CPU from the sent
+        array, so that :meth:`decode` reproduces it exactly). ``local``: ``p/`` is P-hat.
+        """
+        if self.mode == "allreduce":
+            payload_p = self.encode_p(update)
+            payload_q = self.encode_q(aggregate_p([payload_p], [1.0]))
+            return Payload({**payload_p.arrays, **payload_q.arrays})
+        layout = self._layout_for(update)
+        names = set(self.compressible())
+        self._public = {}
+        arrays: dict[str, np.ndarray] = {}
+        for name, shape in layout:
+            tensor = update[name]
+            if name not in names:
+                arrays[f"dense/{name}"] = to_wire(tensor)
+                continue
+            m = self._matrix(name, tensor)
+            q_start = self._start_q(name, m.device)
+            p_hat = orthogonalize(m @ q_start)
+            q = m.T @ p_hat
+            arrays[f"p/{name}"] = to_wire(p_hat)
+            arrays[f"q/{name}"] = to_wire(q)
+            self._public[f"Q/{name}"] = q_start
+            self._remember(name, m, p_hat, q, shape)
+        return Payload(arrays)
+
+    def decode(self, payload: Payload) -> dict[str, torch.Tensor]:
+        """The dense update (float32, CPU): ``orth(p) q^T`` (allreduce) or ``p q^T`` (local)."""
+        if self.layout is None:
+            raise RuntimeError("powersgd: layout unknown: encode an update or pass layout=")
+        names = self.compressible()
+        missing = [n for n in names if f"p/{n}" not in payload.arrays or f"q/{n}" not in payload.arrays]
+        if missing:
+            raise ValueError(f"powersgd: payload lacks p/ or q/ arrays for {missing}")
+        if self.mode == "allreduce":
+            p_hat = aggregate_p([payload], [1.0])
+        else:
+            p_hat = {n: payload.arrays[f"p/{n}"] for n in names}
+        return decode_allreduce(p_hat, payload, payload, self.layout)
+
+    def public_state(self) -> dict[str, np.ndarray]:
+        """``Q/{name}`` (the orthogonalised Q that P was computed with) and ``P_hat/{name}``."""
+        return {key: to_wire(value) for key, value in self._public.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``residual/``, ``warm_q/``, ``pending_m/`` (allreduce, mid-round) and ``public/`` tensors."""
+        state: dict[str, torch.Tensor] = {}
+        for prefix, tensors in (("residual/", self._residual), ("warm_q/", self._warm_q),
+                                ("pending_m/", self._pending), ("public/", self._public)):
+            state.update({f"{prefix}{k}": v.detach().clone() for k, v in tensors.items()})
+        return state
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned (replacing the current state)."""
+        parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in _STATE_PREFIXES}
+        for key, value in state.items():
+            prefix = next((p for p in _STATE_PREFIXES if key.startswith(p)), None)
+            if prefix is None:
+                raise ValueError(f"powersgd: unknown state key {key!r}; allowed prefixes: "
+                                 f"{', '.join(_STATE_PREFIXES)}")
+            parts[prefix][key[len(prefix):]] = value.detach().to(torch.float32).clone()
+        if parts["residual/"] and not self.error_feedback:
+            raise ValueError("powersgd: state has residuals but error_feedback=False")
+        self._residual = parts["residual/"]
+        self._warm_q = parts["warm_q/"]
+        self._pending = parts["pending_m/"]
+        self._public = parts["public/"]
+
+    def describe(self) -> dict[str, object]:
+        """Name and options, for run records."""
+        return {**super().describe(), "mode": self.mode, "seed": self.seed,
+                "min_compression_rate": self.min_compression_rate}

@@ -1,0 +1,208 @@
+"""Top-K sparsification at PowerSGD's budget.
+
+Level r sends exactly as many float values as PowerSGD at rank r sends for the same
+layout (:func:`~fedtrust.compression.base.powersgd_values_per_tensor`): tensors
+PowerSGD sends dense are sent dense (``dense/{name}``); among the compressible
+tensors the largest magnitudes are kept, either over all of them together
+(``scope="global"``, K = sum of r(n + m); arrays ``values`` and ``indices``) or per
+tensor (``scope="layer"``, r(n + m) each; ``values/{name}`` and ``indices/{name}``).
+Indices are int32 and sorted ascending. With error feedback the residual is
+``M - sparse(M)``: what was not sent is added to the next update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from fedtrust.compression.base import (
+    MIN_COMPRESSION_RATE,
+    Compressor,
+    Layout,
+    Payload,
+    check_level,
+    compressible_names,
+    dense_from_payload,
+    from_wire,
+    powersgd_values_per_tensor,
+    to_wire,
+)
+
+SCOPES = ("global", "layer")
+
+
+def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions (int64, ascending) of the ``k`` largest magnitudes of a 1-D tensor."""
+    indices = torch.topk(flat.abs(), k, sorted=False).indices
+    return torch.sort(indices).values
+
+
+def _indices_to_wire(indices: torch.Tensor) -> np.ndarray:
+    return indices.detach().to(device="cpu", dtype=torch.int32).numpy().copy()
+
+
+def _scatter(size: int, indices: np.ndarray, values: np.ndarray, what: str) -> torch.Tensor:
+    """A dense float32 CPU vector of ``size`` with ``values`` at ``indices``."""
+    idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    val = from_wire(values).reshape(-1)
+    if idx.ndim != 1 or idx.numel() != val.numel():
+        raise ValueError(f"topk: {what}: {idx.numel()} indices but {val.numel()} values")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        raise ValueError(f"topk: {what}: indices outside 0..{size - 1}")
+    out = torch.zeros(size, dtype=torch.float32)
+    out[idx] = val
+    return out
+
+
+class TopKCompressor(Compressor):
+    """Top-K with PowerSGD rank r's value budget (one compressor per client).
+
+    Parameters
+    ----------
+    level:
+        "Level r": send as many values as PowerSGD at rank r.
+    layout:
+        Names and shapes of the update; taken from the first update if ``None``.
+    error_feedback:
+        Keep ``residual = M - sparse(M)`` and add it to the next update.
+    scope:
+        ``"global"`` (largest magnitudes over all compressible tensors together) or
+        ``"layer"`` (r(n + m) per compressible tensor).
+    min_compression_rate:
+        As PowerSGD's: decides which tensors are compressible (the rest are dense).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``scope``, or a level at which no tensor is compressible.
+    """
+
+    name = "topk"
+
+    def __init__(self, level: int = 1, layout: Layout | None = None, error_feedback: bool = True,
+                 scope: str = "global", min_compression_rate: float = MIN_COMPRESSION_RATE) -> None:
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
+        if scope not in SCOPES:
+            raise ValueError(f"scope={scope!r} is not known; allowed: {', '.join(SCOPES)}")
+        if not float(min_compression_rate) > 0:
+            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        self.scope = scope
+        self.min_compression_rate = float(min_compression_rate)
+        self._residual: dict[str, torch.Tensor] = {}
+        if self.layout is not None:
+            check_level(self.layout, self.level, self.min_compression_rate)
+
+    # ------------------------------------------------------------ helpers
+    def _layout_for(self, update: Mapping[str, torch.Tensor]) -> Layout:
+        known = self.layout is not None
+        layout = self._ensure_layout(update)
+        if not known:
+            check_level(layout, self.level, self.min_compression_rate)
+        return layout
+
+    def compressible(self) -> list[str]:
+        """Names of the tensors that are sparsified (the rest are sent dense)."""
+        if self.layout is None:
+            raise RuntimeError("topk: layout unknown: encode an update or pass layout=")
+        return compressible_names(self.layout, self.level, self.min_compression_rate)
+
+    def budgets(self) -> dict[str, int]:
+        """Values sent per compressible tensor: PowerSGD rank r's ``r * (n + m)``."""
+        per_tensor = powersgd_values_per_tensor(self.layout, self.level, self.min_compression_rate)
+        return {name: per_tensor[name] for name in self.compressible()}
+
+    def _flat(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``M = update (+ residual)`` flattened, float32, on the update's device."""
+        flat = tensor.detach().to(torch.float32).reshape(-1)
+        if self.error_feedback and name in self._residual:
+            flat = flat + self._residual[name].to(flat.device).reshape(-1)
+        return flat
+
+    def _keep_residual(self, name: str, flat: torch.Tensor, indices: torch.Tensor,
+                       shape: tuple[int, ...]) -> None:
+        if self.error_feedback:
+            rest = flat.clone()
+            rest[indices] = 0.0
+            self._residual[name] = rest.reshape(shape)
+
+    # ------------------------------------------------------------ Compressor API
+    def encode(self, update: Mapping[str, torch.Tensor]) -> Payload:
+        """Dense small tensors, and the largest magnitudes of the others (with int32 indices)."""
+        layout = self._layout_for(update)
+        budgets = self.budgets()
+        arrays: dict[str, np.ndarray] = {}
+        flats: dict[str, torch.Tensor] = {}
+        for name, _ in layout:
+            if name in budgets:
+                flats[name] = self._flat(name, update[name])
+            else:
+                arrays[f"dense/{name}"] = to_wire(update[name])
+        shapes = dict(layout)
+        if self.scope == "layer":
+            for name, flat in flats.items():
+                idx = top_k_indices(flat, budgets[name])
+                arrays[f"values/{name}"] = to_wire(flat[idx])
+                arrays[f"indices/{name}"] = _indices_to_wire(idx)
+                self._keep_residual(name, flat, idx, shapes[name])
+            return Payload(arrays)
+        joined = torch.cat(list(flats.values()))
+        idx = top_k_indices(joined, sum(budgets.values()))
+        arrays["values"] = to_wire(joined[idx])
+        arrays["indices"] = _indices_to_wire(idx)
+        if self.error_feedback:
+            rest = joined.clone()
+            rest[idx] = 0.0
+            for (name, flat), part in zip(flats.items(), torch.split(rest, [f.numel() for f in flats.values()])):
+                self._residual[name] = part.reshape(shapes[name])
+        return Payload(arrays)
+
+    def decode(self, payload: Payload) -> dict[str, torch.Tensor]:
+        """The dense update (float32, CPU): zeros except at the sent positions."""
+        if self.layout is None:
+            raise RuntimeError("topk: layout unknown: encode an update or pass layout=")
+        budgets = self.budgets()
+        shapes = dict(self.layout)
+        sparse: dict[str, torch.Tensor] = {}
+        if self.scope == "layer":
+            for name in budgets:
+                if f"values/{name}" not in payload.arrays or f"indices/{name}" not in payload.arrays:
+                    raise ValueError(f"topk: payload lacks values/{name} or indices/{name}")
+                size = math.prod(shapes[name])
+                sparse[name] = _scatter(size, payload.arrays[f"indices/{name}"],
+                                        payload.arrays[f"values/{name}"], name)
+        else:
+            if "values" not in payload.arrays or "indices" not in payload.arrays:
+                raise ValueError("topk: payload lacks 'values' or 'indices' (scope='global')")
+            sizes = [math.prod(shapes[name]) for name in budgets]
+            joined = _scatter(sum(sizes), payload.arrays["indices"], payload.arrays["values"], "global")
+            sparse = dict(zip(budgets, torch.split(joined, sizes)))
+        out: dict[str, torch.Tensor] = {}
+        for name, shape in self.layout:
+            if name in sparse:
+                out[name] = sparse[name].reshape(shape).clone()
+            else:
+                out[name] = dense_from_payload(payload, name, shape)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``residual/{name}`` per compressible tensor (empty without error feedback)."""
+        return {f"residual/{k}": v.detach().clone() for k, v in self._residual.items()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned (replacing the current state)."""
+        residual: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if not key.startswith("residual/"):
+                raise ValueError(f"topk: unknown state key {key!r}; allowed prefix: residual/")
+            residual[key[len("residual/"):]] = value.detach().to(torch.float32).clone()
+        if residual and not self.error_feedback:
+            raise ValueError("topk: state has residuals but error_feedback=False")
+        self._residual = residual
+
+    def describe(self) -> dict[str, object]:
+        """Name and options, for run records."""
+        return {**super().describe(), "scope": self.scope,
+                "min_compression_rate": self.min_compression_rate}
