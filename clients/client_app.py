@@ -97,7 +97,10 @@ def train(msg: Message, context: Context) -> Message:
 
     seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
     if cfg.local_mode == "fedsgd":
-        result = fedsgd_step(model, x, y, cfg.batch_size, np.random.default_rng(seed), indices)
+        batch = cfg.batch_size
+        if server_round == cfg.attack_round and pid in cfg.attacked_partitions(num_partitions):
+            batch = cfg.attack_images  # the attacked batch holds attack-images images (one in the paper)
+        result = fedsgd_step(model, x, y, batch, np.random.default_rng(seed), indices)
     else:
         gen = torch.Generator().manual_seed(seed)
         result = fedavg_train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.lr, gen)

@@ -24,6 +24,9 @@ LOCAL_MODES = ("fedsgd", "fedavg")
 POWERSGD_MODES = ("allreduce", "local")
 TOPK_SCOPES = ("global", "layer")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+ATTACKS = ("none", "gradinv")
+ATTACKERS = ("naive", "adaptive", "both")
+ATTACK_LABELS = ("given", "infer")
 
 
 class ConfigError(ValueError):
@@ -66,6 +69,16 @@ class RunConfig:
     intercept_clients: str = "0"
     output_dir: str = "~/fedtrust-runs"
     run_name: str = ""
+    # gradient inversion (issue: the server reconstructs clients' images)
+    attack: str = "none"
+    attack_round: int = 1
+    attack_clients: str = "0"
+    attack_images: int = 1
+    attacker: str = "both"
+    attack_labels: str = "given"
+    attack_iterations: int = 24000
+    attack_restarts: int = 1
+    tv_weight: float = 1e-4
 
     # ------------------------------------------------------------------ helpers
     def compressor_options(self) -> dict[str, Any]:
@@ -82,13 +95,35 @@ class RunConfig:
         return {"compressor": self.compressor, "level": self.level, **self.compressor_options()}
 
     def intercepted_rounds(self) -> set[int]:
-        """Rounds whose updates are intercepted."""
-        return _parse_selection(self.intercept_rounds, "intercept-rounds",
-                                range(1, self.num_server_rounds + 1))
+        """Rounds whose updates are intercepted (the attack round included)."""
+        rounds = _parse_selection(self.intercept_rounds, "intercept-rounds",
+                                  range(1, self.num_server_rounds + 1))
+        return rounds | ({self.attack_round} if self.attack != "none" else set())
 
     def intercepted_partitions(self, num_partitions: int) -> set[int]:
-        """Partition ids (clients) whose updates are intercepted."""
-        return _parse_selection(self.intercept_clients, "intercept-clients", range(num_partitions))
+        """Partition ids (clients) whose updates are intercepted (the attacked ones included)."""
+        chosen = _parse_selection(self.intercept_clients, "intercept-clients", range(num_partitions))
+        return chosen | self.attacked_partitions(num_partitions)
+
+    def attacked_partitions(self, num_partitions: int) -> set[int]:
+        """Partition ids whose update of ``attack-round`` is attacked."""
+        if self.attack == "none":
+            return set()
+        return _parse_selection(self.attack_clients, "attack-clients", range(num_partitions))
+
+    def attackers(self) -> tuple[str, ...]:
+        """The attackers to run (``both`` = naive and adaptive)."""
+        return ("naive", "adaptive") if self.attacker == "both" else (self.attacker,)
+
+    def gradinv_settings(self) -> dict[str, Any]:
+        """Settings for :class:`fedtrust.attacks.gradinv.GradInvConfig` from this run config.
+
+        Clients compute their FedSGD gradient with the model in train mode, so the attacker
+        differentiates the model in the same mode (BatchNorm on the dummy batch).
+        """
+        return {"iterations": self.attack_iterations, "restarts": self.attack_restarts,
+                "tv_weight": self.tv_weight, "seed": self.seed, "label_strategy": self.attack_labels,
+                "model_mode": "train"}
 
     def as_flat_dict(self) -> dict[str, Any]:
         """The config with run-config key names (hyphens)."""
@@ -122,6 +157,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "powersgd_mode": POWERSGD_MODES,
     "topk_scope": TOPK_SCOPES,
     "partitioner": PARTITIONERS,
+    "attack": ATTACKS,
+    "attacker": ATTACKERS,
+    "attack_labels": ATTACK_LABELS,
 }
 
 
@@ -189,7 +227,17 @@ def _check_range(cfg: RunConfig) -> None:
     if ds.startswith("folder:") and not Path(ds[len("folder:"):]).expanduser().is_dir():
         raise ConfigError(f"dataset={ds!r}: {ds[len('folder:'):]!r} is not a folder "
                           "(expected an ImageFolder tree: one sub-folder of images per class)")
+    need(1 <= cfg.attack_round <= cfg.num_server_rounds, "attack-round", cfg.attack_round,
+         f"a round in 1..{cfg.num_server_rounds} (num-server-rounds)")
+    need(cfg.attack_images >= 1, "attack-images", cfg.attack_images, "an integer >= 1")
+    need(cfg.attack_iterations >= 1, "attack-iterations", cfg.attack_iterations, "an integer >= 1")
+    need(cfg.attack_restarts >= 1, "attack-restarts", cfg.attack_restarts, "an integer >= 1")
+    need(cfg.tv_weight >= 0, "tv-weight", cfg.tv_weight, "a number >= 0")
+    if cfg.attack != "none" and cfg.local_mode == "fedavg":
+        raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "
+                          "one gradient of one batch); got local-mode='fedavg'")
     cfg.intercepted_rounds()
+    _parse_selection(cfg.attack_clients, "attack-clients", range(10**9))
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:

@@ -157,8 +157,9 @@ class CompressedFedAvg(FedAvg):
         weight = metrics.get("num-examples", 0)
         if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
             raise RejectedReply(f"num-examples={weight!r} is not a positive number")
-        if self.cfg.local_mode == "fedsgd" and weight > self.cfg.batch_size:
-            raise RejectedReply(f"num-examples={weight} exceeds the FedSGD batch-size {self.cfg.batch_size}")
+        max_batch = max(self.cfg.batch_size, self.cfg.attack_images if self.cfg.attack != "none" else 0)
+        if self.cfg.local_mode == "fedsgd" and weight > max_batch:
+            raise RejectedReply(f"num-examples={weight} exceeds the FedSGD batch-size {max_batch}")
         weight = float(weight)
         try:
             payload = _from_record(content[protocol.PAYLOAD])
@@ -285,7 +286,8 @@ class CompressedFedAvg(FedAvg):
             item = InterceptedUpdate(
                 round=server_round, node_id=int(reply.node_id), partition_id=reply.partition_id,
                 payload=reply.payload, decoded=reply.decoded, global_state=global_state,
-                train_config={"local-mode": self.cfg.local_mode, "batch-size": self.cfg.batch_size,
+                train_config={"local-mode": self.cfg.local_mode,
+                              "batch-size": int(reply.weight) if self.cfg.local_mode == "fedsgd" else self.cfg.batch_size,
                               "lr": self.cfg.lr, "local-epochs": self.cfg.local_epochs,
                               "num-examples": int(reply.weight), "model": self.cfg.model,
                               "dataset": self.cfg.dataset},

@@ -14,6 +14,8 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedtrust.attacks.gradinv import GradInvConfig
+from fedtrust.attacks.gradinv.report import GradInvReport
 from fedtrust.config import RunConfig, parse_run_config
 from fedtrust.data import load_dataset
 from fedtrust.models import get_model
@@ -64,6 +66,21 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "fedtrust run folder: %s", folder.path)
 
     initial = ArrayRecord(model.state_dict())
-    strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model))
+    attackers = []
+    report = None
+    if cfg.attack == "gradinv":
+        report = GradInvReport(
+            folder=folder.path, spec=train.spec, train_images=train.images, train_labels=train.labels,
+            model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
+                                       in_channels=train.spec.channels),
+            config=GradInvConfig.from_dict(cfg.gradinv_settings()), attackers=cfg.attackers(),
+            rounds={cfg.attack_round}, clients=cfg.attacked_partitions(10**9),
+            device=select_device(cfg.device))
+        attackers.append(report)
+    strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
+                                on_intercept=attackers)
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds)
+    if report is not None:
+        grid_png = report.write_grid()
+        log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)
     log(INFO, "fedtrust run finished: %s", folder.path)

@@ -26,6 +26,8 @@ CASES = {
     "powersgd-allreduce": {"compressor": "powersgd", "level": 2, "powersgd-mode": "allreduce"},
     "powersgd-local": {"compressor": "powersgd", "level": 1, "powersgd-mode": "local"},
     "topk": {"compressor": "topk", "level": 4},
+    "gradinv": {"compressor": "powersgd", "level": 2, "attack": "gradinv", "attack-round": 2,
+                "attack-clients": "0,1", "attack-images": 2, "attacker": "both", "attack-iterations": 60},
 }
 
 
@@ -88,6 +90,14 @@ def test_intercepted_update_holds_what_the_server_saw(runs):
     assert item.train_config["local-mode"] == "fedsgd" and item.train_config["batch-size"] == 16
     assert item.batch_indices is not None and len(item.batch_indices) == 16
     assert set(item.decoded) <= set(item.global_state)
+    # The public state is what the client really used: P_hat^T P_i = (M^T P_hat)^T Q = Q_i^T Q.
+    for key in (k for k in item.payload if k.startswith("p/")):
+        name = key[2:]
+        p_i, q_i = torch.from_numpy(item.payload[key]), torch.from_numpy(item.payload[f"q/{name}"])
+        p_hat, q_used = torch.from_numpy(item.public_state[f"P_hat/{name}"]), torch.from_numpy(item.public_state[f"Q/{name}"])
+        torch.testing.assert_close(p_hat.T @ p_i, q_i.T @ q_used, rtol=1e-3, atol=1e-5)
+        shape = item.decoded[name].shape
+        torch.testing.assert_close(item.decoded[name].reshape(shape[0], -1), p_hat @ q_i.T, rtol=1e-4, atol=1e-6)
     assert all(torch.isfinite(v).all() for v in item.decoded.values())
 
 
@@ -97,3 +107,38 @@ def test_fedavg_training_on_the_sample_beats_chance(runs):
     rows = read_rounds(folder)
     # 10 balanced classes: chance is 0.10.
     assert float(rows[-1]["test_accuracy"]) > 0.4, rows
+
+
+def test_gradinv_run_writes_csv_pngs_and_grid(runs):
+    outcome, folder = runs["gradinv"]
+    assert outcome.ok, outcome.log[-3000:]
+    with (folder / "gradinv.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # 2 attacked clients x 2 images x 2 attackers, all in round 2
+    assert len(rows) == 8
+    assert {r["attacker"] for r in rows} == {"naive", "adaptive"}
+    assert {r["round"] for r in rows} == {"2"} and {r["client"] for r in rows} == {"0", "1"}
+    assert all(r["compressor"] == "powersgd" and r["level"] == "2" for r in rows)
+    assert all(-1.0 <= float(r["ssim"]) <= 1.0 and int(r["iterations"]) == 60 for r in rows)
+    pngs = sorted(p.name for p in (folder / "gradinv").glob("*.png"))
+    assert len([p for p in pngs if "_original_" in p]) == 4 and len(pngs) == 12
+    assert (folder / "gradinv_grid.png").stat().st_size > 5000
+    # attacked clients' batches held attack-images images, the others batch-size
+    items = {p.name: InterceptedUpdate.load(p) for p in (folder / "intercepted").glob("round2_*.pt")}
+    assert len(items["round2_client0.pt"].batch_indices) == 2
+    assert len(items["round2_client2.pt"].batch_indices) == 16
+
+
+def test_replay_attacks_saved_updates_offline(runs, tmp_path):
+    from fedtrust.attacks.gradinv.replay import main as replay
+
+    outcome, folder = runs["gradinv"]
+    assert outcome.ok
+    out = tmp_path / "replay"
+    assert replay([str(folder), "--attacker", "adaptive", "--iterations", "20", "--rounds", "2",
+                   "--clients", "1", "--out", str(out), "--no-progress"]) == 0
+    with (out / "gradinv.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and {r["attacker"] for r in rows} == {"adaptive"}
+    assert all(int(r["iterations"]) == 20 for r in rows)
+    assert (out / "gradinv_grid.png").exists()
