@@ -1,0 +1,123 @@
+"""Membership inference in a run: update attacks on intercepted clients, black-box attacks at the end.
+
+:class:`MIAReport` is registered by the ServerApp when ``mia = true``:
+
+* called with each intercepted update, it runs the update attacks
+  (:func:`run_update_mia`): members are the client's batch, non-members held-out
+  test samples;
+* :meth:`MIAReport.finish` runs the black-box attacks (:func:`run_blackbox_mia`) on
+  the final global model: members are the train samples the clients trained on
+  (FedSGD: the batches they drew; FedAvg: their partitions), non-members held-out
+  test samples no client ever saw.
+
+Results go to ``mia.csv`` (attack, scope, accuracy, auc, tpr_at_1pct_fpr,
+tpr_at_0_1pct_fpr, members, nonmembers, compressor, level, round, seed) with ROC
+figures ``mia_roc.png`` and ``mia_update_roc_round{R}_client{P}.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedtrust.attacks.mia.blackbox import run_blackbox_mia
+from fedtrust.attacks.mia.result import CSV_COLUMNS, MIAResult, plot_results_roc
+from fedtrust.attacks.mia.update_attack import run_update_mia
+from fedtrust.interception import InterceptedUpdate
+
+MIA_COLUMNS = (*CSV_COLUMNS, "compressor", "level", "round", "seed")
+
+
+@dataclass
+class MIAReport:
+    """Interception callback and end-of-run hook that write ``mia.csv`` and ROC figures.
+
+    Parameters
+    ----------
+    folder:
+        The run folder.
+    model_fn:
+        Builds a fresh model of the run's architecture.
+    train_x, train_y, test_x, test_y:
+        Normalised train and test tensors (members are drawn from train, non-members from test).
+    num_classes:
+        Classes of the data set.
+    compressor:
+        The run's compressor spec (recorded in each row).
+    step:
+        The server's step size (``server-lr * lr`` for FedSGD), for the loss-drop update attack.
+    max_per_side:
+        At most this many members and non-members in the black-box attacks.
+    update_nonmembers:
+        Held-out candidates per update attack.
+    """
+
+    folder: Path
+    model_fn: Callable[[], nn.Module]
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    compressor: dict[str, object]
+    step: float
+    seed: int = 0
+    max_per_side: int | None = 1000
+    update_nonmembers: int = 200
+    device: torch.device | str | None = None
+    progress: bool = True
+    rows: list[dict[str, object]] = field(default_factory=list)
+
+    @property
+    def csv_path(self) -> Path:
+        return Path(self.folder) / "mia.csv"
+
+    def _level(self) -> object:
+        return self.compressor.get("level") if self.compressor.get("compressor") != "none" else 0
+
+    def _record(self, results: Iterable[MIAResult], server_round: int) -> None:
+        new = not self.csv_path.exists()
+        rows = [{**r.to_row(), "compressor": self.compressor.get("compressor"), "level": self._level(),
+                 "round": server_round, "seed": self.seed} for r in results]
+        with self.csv_path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MIA_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        self.rows += rows
+
+    def __call__(self, item: InterceptedUpdate) -> list[MIAResult]:
+        """Update attacks on one intercepted client update."""
+        if item.batch_indices is None:
+            return []  # FedAvg updates hold no single batch to test against
+        idx = torch.as_tensor(np.asarray(item.batch_indices, dtype=np.int64))
+        gen = torch.Generator().manual_seed(self.seed * 7919 + item.round * 101 + item.partition_id)
+        non = torch.randperm(len(self.test_x), generator=gen)[:self.update_nonmembers]
+        model = self.model_fn()
+        model.load_state_dict(item.global_state)
+        results = run_update_mia(model, item.payload, item.decoded, item.compressor, item.public_state,
+                                 self.train_x[idx], self.train_y[idx], self.test_x[non], self.test_y[non],
+                                 step=self.step, seed=self.seed, device=self.device, progress=self.progress)
+        self._record(results, item.round)
+        plot_results_roc(results, Path(self.folder) / f"mia_update_roc_round{item.round}_client{item.partition_id}.png",
+                         title=f"Update MIA, round {item.round}, client {item.partition_id}")
+        return results
+
+    def finish(self, state: dict[str, torch.Tensor], member_indices: np.ndarray, server_round: int) -> list[MIAResult]:
+        """Black-box attacks on the final global model."""
+        model = self.model_fn()
+        model.load_state_dict(state)
+        idx = torch.as_tensor(np.unique(np.asarray(member_indices, dtype=np.int64)))
+        results = run_blackbox_mia(model, self.train_x[idx], self.train_y[idx], self.test_x, self.test_y,
+                                   num_classes=self.num_classes, seed=self.seed, device=self.device,
+                                   progress=self.progress, max_per_side=self.max_per_side)
+        self._record(results, server_round)
+        plot_results_roc(results, Path(self.folder) / "mia_roc.png",
+                         title=f"Black-box MIA on the final model ({len(idx)} member candidates)")
+        return results
