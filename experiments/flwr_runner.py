@@ -90,40 +90,88 @@ def _pids_with(text: str) -> list[int]:
     return pids
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class LocalSuperLink:
-    """A private ``FLWR_HOME`` for ``flwr run``; stops the local SuperLink on exit.
+    """A private SuperLink (simulation runtime) on free loopback ports, and ``flwr`` bound to it.
+
+    Unlike ``flwr run .`` with the default ``local`` connection (a shared SuperLink on
+    the fixed port 39091 that outlives the command), this starts its own
+    ``flower-superlink --simulation`` with ``--disable-runtime-dependency-installation``
+    in a private ``FLWR_HOME`` and stops it, and every process it started, on exit.
+    Several can run side by side, e.g. one per GPU (``env={"CUDA_VISIBLE_DEVICES": "1"}``).
 
     Parameters
     ----------
     flwr_home:
-        Folder for Flower's config and the local SuperLink's state (a temporary
-        folder by default, removed on exit).
+        Folder for Flower's config and the SuperLink's state (a temporary folder by
+        default, removed on exit).
+    env:
+        Extra environment for the SuperLink and everything it starts.
     """
 
-    def __init__(self, flwr_home: str | Path | None = None) -> None:
+    CONNECTION = "fedtrust-local"
+
+    def __init__(self, flwr_home: str | Path | None = None, env: Mapping[str, str] | None = None) -> None:
         self._tmp = None if flwr_home else tempfile.mkdtemp(prefix="fedtrust-flwr-")
         self.home = Path(flwr_home or self._tmp)
         bin_dir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-                    "FLWR_HOME": str(self.home),
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1"}
+                    "FLWR_HOME": str(self.home), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.control_address = ""
+        self.stopped_pids: list[int] = []
 
     def __enter__(self) -> LocalSuperLink:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink and write the ``flwr`` connection for it."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        port = free_port()  # Flower 1.41 serves the Control, Fleet and Runtime APIs on one HTTP port
+        self.control_address = f"127.0.0.1:{port}"
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{self.CONNECTION}"\n\n[superlink.{self.CONNECTION}]\n'
+            f'address = "{self.control_address}"\ninsecure = true\n')
+        log = (self.home / "superlink.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("flower-superlink")), "--insecure", "--simulation",
+             "--isolation", "subprocess", "--disable-runtime-dependency-installation",
+             "--host", "127.0.0.1", "--port", str(port), "--database", str(self.home / "state.db")],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with {self.process.returncode}; "
+                                   f"see {self.home / 'superlink.log'}")
+            if _json_of(self.flwr("ls", "--format", "json", timeout=30, check=False).stdout).get("success"):
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"flower-superlink did not answer within {timeout:.0f}s")
+
     def superlink_pids(self) -> list[int]:
-        """Pids of the local SuperLink started for this ``FLWR_HOME``."""
-        return [p for p in _pids_with("flower-superlink") if p in _pids_with(str(self.home))]
+        """Pids of the SuperLink started here (while it runs)."""
+        return [self.process.pid] if self.process is not None and _alive(self.process.pid) else []
 
     def stop(self, timeout: float = 20.0) -> None:
         """Terminate the SuperLink and all its descendants (simulation, Ray workers)."""
-        pids = []
-        for pid in self.superlink_pids():
-            pids += [pid, *_descendants(pid)]
+        pids: list[int] = []
+        if self.process is not None:
+            pids = [self.process.pid, *_descendants(self.process.pid)]
         pids += _pids_with(str(self.home))
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in set(pids):
@@ -134,6 +182,9 @@ class LocalSuperLink:
             deadline = time.monotonic() + timeout / 2
             while time.monotonic() < deadline and any(_alive(p) for p in pids):
                 time.sleep(0.2)
+        if self.process is not None:
+            self.process.poll()
+        self.stopped_pids = sorted(set(pids))
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -150,15 +201,14 @@ class LocalSuperLink:
         Raises ``TimeoutError`` when the run is not finished after ``timeout`` seconds.
         """
         fed = {"num-supernodes": num_supernodes, **(federation_config or {})}
-        args = ["run", str(app)] + ([superlink] if superlink else []) + ["--format", "json"]
+        args = ["run", str(app), superlink or self.CONNECTION, "--format", "json"]
         if run_config:
             args += ["--run-config", run_config_arg(run_config)]
         if superlink is None:
             args += ["--federation-config", run_config_arg(fed)]
         started = self.flwr(*args, timeout=300, check=False)
         try:
-            text = started.stdout
-            run_id = int(json.loads(text[text.index("{"):])["run-id"])
+            run_id = int(_json_of(started.stdout)["run-id"])
         except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
             raise RuntimeError(f"flwr run did not start a run:\n{started.stdout}\n{started.stderr}") from err
         return self.wait(run_id, timeout=timeout, echo=echo, superlink=superlink)
@@ -192,6 +242,14 @@ class LocalSuperLink:
         if echo:
             print(text)
         return RunOutcome(run_id=run_id, status=status, details=details, log=text)
+
+
+def _json_of(text: str) -> dict[str, Any]:
+    """The JSON object a ``flwr ... --format json`` command printed ({} if none)."""
+    try:
+        return json.loads(text[text.index("{"):])
+    except (ValueError, json.JSONDecodeError):
+        return {}
 
 
 def _alive(pid: int) -> bool:

@@ -79,6 +79,9 @@ class RunConfig:
     attack_iterations: int = 24000
     attack_restarts: int = 1
     tv_weight: float = 1e-4
+    # membership inference
+    mia: bool = False
+    mia_samples: int = 1000
 
     # ------------------------------------------------------------------ helpers
     def compressor_options(self) -> dict[str, Any]:
@@ -232,6 +235,7 @@ def _check_range(cfg: RunConfig) -> None:
     need(cfg.attack_images >= 1, "attack-images", cfg.attack_images, "an integer >= 1")
     need(cfg.attack_iterations >= 1, "attack-iterations", cfg.attack_iterations, "an integer >= 1")
     need(cfg.attack_restarts >= 1, "attack-restarts", cfg.attack_restarts, "an integer >= 1")
+    need(cfg.mia_samples >= 2, "mia-samples", cfg.mia_samples, "an integer >= 2")
     need(cfg.tv_weight >= 0, "tv-weight", cfg.tv_weight, "a number >= 0")
     if cfg.attack != "none" and cfg.local_mode == "fedavg":
         raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "

@@ -124,6 +124,9 @@ class CompressedFedAvg(FedAvg):
             self.q_shared = {k: v.numpy() for k, v in q0.items()}
         self.intercept_rounds = cfg.intercepted_rounds()
         self.spec = cfg.compressor_spec()
+        #: Train-split indices the accepted FedSGD replies trained on, and the partitions that took part.
+        self.trained_indices: list[np.ndarray] = []
+        self.partitions_seen: set[int] = set()
         self.buffer_shapes: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -338,6 +341,8 @@ class CompressedFedAvg(FedAvg):
             self.intercept(server_round, accepted, state)
             if len(accepted) >= self.min_train_nodes:
                 state = self.aggregate(state, accepted)
+                self.partitions_seen |= {r.partition_id for r in accepted}
+                self.trained_indices += [r.batch_indices for r in accepted if r.batch_indices is not None]
             else:
                 log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
                     server_round, len(accepted), self.min_train_nodes)

@@ -17,7 +17,8 @@ from flwr.supercore import log
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
 from fedtrust.config import RunConfig, parse_run_config
-from fedtrust.data import load_dataset
+from fedtrust.attacks.mia.report import MIAReport
+from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder
 from fedtrust.training import evaluate, select_device
@@ -52,6 +53,31 @@ def make_evaluate_fn(cfg: RunConfig, model: torch.nn.Module):
     return evaluate_fn
 
 
+def member_indices(cfg: RunConfig, labels, strategy: CompressedFedAvg):
+    """Train samples the clients trained on: FedSGD batches drawn, or FedAvg partitions."""
+    import numpy as np
+
+    if cfg.local_mode == "fedsgd":
+        return np.unique(np.concatenate(strategy.trained_indices)) if strategy.trained_indices else np.array([], int)
+    num = cfg.num_partitions or (max(strategy.partitions_seen) + 1 if strategy.partitions_seen else 1)
+    parts = [partition_indices(labels, num, pid, partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha,
+                               seed=cfg.seed) for pid in sorted(strategy.partitions_seen)]
+    return np.unique(np.concatenate(parts)) if parts else np.array([], int)
+
+
+def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
+    """The membership-inference report of this run (members from train, non-members from test)."""
+    test = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir or None)
+    train_x, train_y = train.to_tensors()
+    test_x, test_y = test.to_tensors()
+    step = cfg.server_lr * (cfg.lr if cfg.local_mode == "fedsgd" else 1.0)
+    return MIAReport(folder=folder.path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
+                     model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
+                                                in_channels=train.spec.channels),
+                     num_classes=train.spec.num_classes, compressor=cfg.compressor_spec(), step=step,
+                     seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config."""
@@ -77,10 +103,18 @@ def main(grid: Grid, context: Context) -> None:
             rounds={cfg.attack_round}, clients=cfg.attacked_partitions(10**9),
             device=select_device(cfg.device))
         attackers.append(report)
+    mia = make_mia_report(cfg, train, folder) if cfg.mia else None
+    if mia is not None:
+        attackers.append(mia)
     strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
                                 on_intercept=attackers)
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds)
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds)
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)
+    if mia is not None:
+        members = member_indices(cfg, train.labels, strategy)
+        log(INFO, "membership inference on the final model: %d member candidates", len(members))
+        mia.finish(result.arrays.to_torch_state_dict(), members, cfg.num_server_rounds)
+        log(INFO, "membership inference: %s", mia.csv_path)
     log(INFO, "fedtrust run finished: %s", folder.path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.flwr_runner import LocalSuperLink, _alive
+from experiments.flwr_runner import LocalSuperLink, _alive, _pids_with
 from fedtrust.interception import InterceptedUpdate
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ CASES = {
     "none-fedavg": {"compressor": "none", "local-mode": "fedavg", "num-server-rounds": 3, "lr": 0.05},
     "powersgd-allreduce": {"compressor": "powersgd", "level": 2, "powersgd-mode": "allreduce"},
     "powersgd-local": {"compressor": "powersgd", "level": 1, "powersgd-mode": "local"},
-    "topk": {"compressor": "topk", "level": 4},
+    "topk": {"compressor": "topk", "level": 4, "mia": True, "mia-samples": 200},
     "gradinv": {"compressor": "powersgd", "level": 2, "attack": "gradinv", "attack-round": 2,
                 "attack-clients": "0,1", "attack-images": 2, "attacker": "both", "attack-iterations": 60},
 }
@@ -36,8 +36,10 @@ def superlink():
     link = LocalSuperLink()
     with link:
         yield link
-    pids = link.superlink_pids()
-    assert not [p for p in pids if _alive(p)], "a SuperLink outlived the tests"
+    assert link.stopped_pids, "no SuperLink process was seen"
+    left = [p for p in link.stopped_pids if _alive(p)]
+    assert not left, f"processes outlived the tests: {left}"
+    assert not _pids_with(str(link.home)), "a process still uses the run's FLWR_HOME"
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,22 @@ def test_replay_attacks_saved_updates_offline(runs, tmp_path):
     assert len(rows) == 2 and {r["attacker"] for r in rows} == {"adaptive"}
     assert all(int(r["iterations"]) == 20 for r in rows)
     assert (out / "gradinv_grid.png").exists()
+
+
+def test_mia_run_writes_csv_and_roc(runs):
+    outcome, folder = runs["topk"]
+    assert outcome.ok, outcome.log[-3000:]
+    with (folder / "mia.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    blackbox = [r for r in rows if r["scope"] in ("global", "per_class")]
+    update = [r for r in rows if r["scope"] == "update"]
+    assert {r["attack"] for r in blackbox} == {"confidence", "loss", "entropy", "modified_entropy"}
+    assert all(r["round"] == "2" and r["compressor"] == "topk" and r["level"] == "4" for r in blackbox)
+    # 3 clients x 2 rounds intercepted, each attacked by every update attack
+    assert len({(r["round"], r["attack"]) for r in update}) == 2 * len({r["attack"] for r in update})
+    assert len(update) == 6 * len({r["attack"] for r in update})
+    for r in rows:
+        assert 0.0 <= float(r["auc"]) <= 1.0 and 0.0 <= float(r["accuracy"]) <= 1.0
+        assert int(r["members"]) > 0 and int(r["nonmembers"]) > 0
+    assert (folder / "mia_roc.png").stat().st_size > 5000
+    assert len(list(folder.glob("mia_update_roc_round*_client*.png"))) == 6
