@@ -74,6 +74,13 @@ def _save_compressor(context: Context, comp: Compressor) -> None:
         {k: v.detach().cpu().numpy() for k, v in comp.state_dict().items()})
 
 
+def _inject_fault(context: Context, server_round: int) -> None:
+    """Fault injection for robustness tests: ``--node-config "fail-rounds='2,3'"`` makes this node fail."""
+    rounds = str(context.node_config.get("fail-rounds", "")).strip()
+    if rounds and str(server_round) in {r.strip() for r in rounds.split(",")}:
+        raise RuntimeError(f"fault injected by node config fail-rounds={rounds!r} in round {server_round}")
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Compute, compress and send this round's update."""
@@ -81,6 +88,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = parse_run_config(context.run_config)
     server_round = int(msg.content[protocol.CONFIG]["server-round"])
     pid, num_partitions = _partition(context, cfg)
+    _inject_fault(context, server_round)
     device = select_device(cfg.device)
     data_dir = str(context.node_config.get("data-dir", cfg.data_dir)) or None
 

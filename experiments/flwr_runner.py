@@ -200,6 +200,14 @@ class LocalSuperLink:
 
         Raises ``TimeoutError`` when the run is not finished after ``timeout`` seconds.
         """
+        run_id = self.submit(app, run_config=run_config, num_supernodes=num_supernodes,
+                             federation_config=federation_config, superlink=superlink)
+        return self.wait(run_id, timeout=timeout, echo=echo, superlink=superlink)
+
+    def submit(self, app: str | Path = REPO_ROOT, run_config: Mapping[str, Any] | None = None,
+               num_supernodes: int = 2, federation_config: Mapping[str, Any] | None = None,
+               superlink: str | None = None) -> int:
+        """Start a run (``flwr run --format json``) and return its run id without waiting."""
         fed = {"num-supernodes": num_supernodes, **(federation_config or {})}
         args = ["run", str(app), superlink or self.CONNECTION, "--format", "json"]
         if run_config:
@@ -208,10 +216,9 @@ class LocalSuperLink:
             args += ["--federation-config", run_config_arg(fed)]
         started = self.flwr(*args, timeout=300, check=False)
         try:
-            run_id = int(_json_of(started.stdout)["run-id"])
-        except (ValueError, KeyError, IndexError, json.JSONDecodeError) as err:
+            return int(_json_of(started.stdout)["run-id"])
+        except (ValueError, KeyError, TypeError) as err:
             raise RuntimeError(f"flwr run did not start a run:\n{started.stdout}\n{started.stderr}") from err
-        return self.wait(run_id, timeout=timeout, echo=echo, superlink=superlink)
 
     def status(self, run_id: int, superlink: str | None = None) -> tuple[str, str]:
         """``(status, details)`` of a run from ``flwr ls --run-id``."""

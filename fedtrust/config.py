@@ -69,6 +69,8 @@ class RunConfig:
     intercept_clients: str = "0"
     output_dir: str = "~/fedtrust-runs"
     run_name: str = ""
+    resume: bool = False
+    round_timeout: float = 600.0
     # gradient inversion (issue: the server reconstructs clients' images)
     attack: str = "none"
     attack_round: int = 1
@@ -213,6 +215,9 @@ def _check_range(cfg: RunConfig) -> None:
     need(cfg.lr > 0, "lr", cfg.lr, "a number > 0")
     need(cfg.server_lr > 0, "server-lr", cfg.server_lr, "a number > 0")
     need(cfg.level >= 1, "level", cfg.level, "an integer >= 1 (PowerSGD rank / Top-K level)")
+    need(cfg.round_timeout > 0, "round-timeout", cfg.round_timeout, "a number of seconds > 0")
+    need(not cfg.resume or cfg.run_name != "", "resume", cfg.resume,
+         "true only together with run-name (the folder under output-dir to continue)")
     need(cfg.output_dir.strip() != "", "output-dir", cfg.output_dir, "a folder path")
     need(all(c.isalnum() or c in "-_." for c in cfg.run_name), "run-name", cfg.run_name,
          "letters, digits, '-', '_' and '.' (or empty for an automatic name)")

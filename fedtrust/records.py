@@ -80,6 +80,30 @@ class RunFolder:
         out.write_text(json.dumps(blob, indent=2, sort_keys=False, default=str) + "\n")
         return out
 
+    @classmethod
+    def open(cls, output_dir: str | Path, name: str) -> RunFolder:
+        """An existing run folder (to resume it)."""
+        path = Path(output_dir).expanduser().resolve() / name
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a fedtrust run folder (no config.json): nothing to resume")
+        return cls(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def truncate_rounds(self, last_round: int) -> None:
+        """Keep only the ``rounds.csv`` rows up to ``last_round`` (rows of an unfinished round go)."""
+        if not self.rounds_csv.exists():
+            return
+        rows = [r for r in read_rounds(self.rounds_csv) if int(r["round"]) <= last_round]
+        tmp = self.rounds_csv.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=ROUND_COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: r.get(k, "") for k in ROUND_COLUMNS} for r in rows)
+        tmp.replace(self.rounds_csv)
+
     def append_round(self, row: dict[str, Any]) -> None:
         """Append one round's row to ``rounds.csv`` (header on first write), flushed at once."""
         new = not self.rounds_csv.exists()

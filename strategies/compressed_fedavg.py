@@ -101,11 +101,13 @@ class CompressedFedAvg(FedAvg):
         ``(round, state_dict) -> (test_loss, test_accuracy)`` on the held-out split.
     on_intercept:
         Callbacks that receive each intercepted update (the attackers).
+    resume_from:
+        A ``checkpoint.pt`` of this run folder to continue from (``resume = true``).
     """
 
     def __init__(self, cfg: RunConfig, layout: Layout, run_folder: RunFolder,
                  evaluate_fn: EvaluateFn | None = None,
-                 on_intercept: Sequence[InterceptFn] = ()) -> None:
+                 on_intercept: Sequence[InterceptFn] = (), resume_from=None) -> None:
         super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=0.0,
                          min_train_nodes=cfg.min_clients, min_available_nodes=cfg.min_clients)
         self.cfg = cfg
@@ -113,6 +115,7 @@ class CompressedFedAvg(FedAvg):
         self.run_folder = run_folder
         self.evaluate_fn = evaluate_fn
         self.on_intercept = list(on_intercept)
+        self.resume_from = resume_from
         self.decoder = get_compressor(cfg.compressor, level=cfg.level, layout=layout,
                                       **cfg.compressor_options())
         self.allreduce = cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
@@ -194,21 +197,25 @@ class CompressedFedAvg(FedAvg):
             self.q_last[reply.node_id] = {k[2:]: v for k, v in reply.payload.items() if k.startswith("q/")}
 
     # ------------------------------------------------------------------ round
-    def _collect(self, replies: Iterable[Message], stage: str) -> tuple[list[Message], int]:
-        ok, failed = [], 0
+    def _collect(self, replies: Iterable[Message], stage: str, asked: int) -> tuple[list[Message], int]:
+        """Replies without error, and how many nodes failed (an error reply, or none in time)."""
+        ok, errors = [], 0
         for msg in replies:
             if msg.has_error():
-                failed += 1
+                errors += 1
                 log(WARNING, "%s: node %d failed: %s", stage, msg.metadata.src_node_id, msg.error.reason)
             else:
                 ok.append(msg)
-        return ok, failed
+        missing = max(asked - len(ok) - errors, 0)
+        if missing:
+            log(WARNING, "%s: %d node(s) did not reply within the round timeout", stage, missing)
+        return ok, errors + missing
 
     def train_round(self, grid: Grid, server_round: int, arrays: ArrayRecord,
                     timeout: float) -> RoundOutcome:
         """Run one round's exchanges and return the decoded, accepted replies."""
         messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
-        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "train")
+        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "train", len(messages))
         accepted: list[ClientReply] = []
         rejected = 0
         for msg in replies:
@@ -237,7 +244,8 @@ class CompressedFedAvg(FedAvg):
         by_node = {r.node_id: r for r in accepted}
         messages = [Message(content=record, message_type=f"{MessageType.TRAIN}.{protocol.POWERSGD_Q_ACTION}",
                             dst_node_id=node_id) for node_id in by_node]
-        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "powersgd_q")
+        replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "powersgd_q",
+                                        len(messages))
         done: list[ClientReply] = []
         rejected = 0
         q_used = _q_used(self.q_shared or {})
@@ -318,6 +326,37 @@ class CompressedFedAvg(FedAvg):
                     new_state[name] = value.to(new_state[name].dtype)
         return new_state
 
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
+        """Save the global model, the strategy's state and the round (``checkpoint.pt``).
+
+        Written to a temporary file and renamed, so a crash leaves the last good one.
+        Readable with ``torch.load(weights_only=True)``: tensors, ints and dicts only.
+        """
+        np_to_t = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (d or {}).items()}  # noqa: E731
+        blob = {
+            "round": server_round,
+            "global_state": {k: v.detach().cpu() for k, v in state.items()},
+            "q_shared": np_to_t(self.q_shared),
+            "q_last": {int(k): np_to_t(v) for k, v in self.q_last.items()},
+            "trained_indices": [torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in self.trained_indices],
+            "partitions_seen": sorted(int(p) for p in self.partitions_seen),
+        }
+        path = self.run_folder.path / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+    def restore(self, path) -> tuple[int, dict[str, torch.Tensor]]:
+        """Load a checkpoint; return the first round still to run and the global state."""
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        self.q_shared = {k: v.numpy() for k, v in blob["q_shared"].items()} or self.q_shared
+        self.q_last = {int(k): {n: t.numpy() for n, t in v.items()} for k, v in blob["q_last"].items()}
+        self.trained_indices = [t.numpy() for t in blob["trained_indices"]]
+        self.partitions_seen = set(blob["partitions_seen"])
+        self.run_folder.truncate_rounds(int(blob["round"]))
+        return int(blob["round"]) + 1, blob["global_state"]
+
     # ------------------------------------------------------------------ loop
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
               timeout: float = 3600, train_config: ConfigRecord | None = None,
@@ -331,7 +370,11 @@ class CompressedFedAvg(FedAvg):
         names = {n for n, _ in self.layout}
         self.buffer_shapes = {k: tuple(v.shape) for k, v in state.items()
                               if k not in names and v.dtype.is_floating_point}
-        for server_round in range(1, num_rounds + 1):
+        first = 1
+        if self.resume_from is not None:
+            first, state = self.restore(self.resume_from)
+            log(INFO, "resuming after round %d from %s", first - 1, self.resume_from)
+        for server_round in range(first, num_rounds + 1):
             t0 = time.perf_counter()
             log(INFO, "")
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
@@ -363,6 +406,7 @@ class CompressedFedAvg(FedAvg):
                 "uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, test_acc, test_loss,
                 row["clients"], row["rejected"], row["failed"], row["uplink_bytes"], row["dense_bytes"],
                 row["seconds"])
+            self.checkpoint(server_round, state)
             result.train_metrics_clientapp[server_round] = MetricRecord(
                 {k: float(v) for k, v in row.items() if k != "round"})
         result.arrays = ArrayRecord(state)

@@ -16,7 +16,8 @@ from flwr.supercore import log
 
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
-from fedtrust.config import RunConfig, parse_run_config
+from fedtrust.compression.base import check_level
+from fedtrust.config import ConfigError, RunConfig, parse_run_config
 from fedtrust.attacks.mia.report import MIAReport
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
@@ -86,9 +87,23 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    folder = RunFolder.create(cfg.output_dir, run_name(cfg, context.run_id))
-    folder.write_config(cfg.as_flat_dict(), extra={"run_id": context.run_id,
-                                                   "num_parameters": sum(p.numel() for p in model.parameters())})
+    if cfg.compressor != "none":
+        try:
+            check_level(layout, cfg.level)
+        except ValueError as err:
+            raise ConfigError(f"level={cfg.level} does not fit model={cfg.model!r}: {err}") from None
+    resume_from = None
+    if cfg.resume:
+        folder = RunFolder.open(cfg.output_dir, cfg.run_name)
+        if folder.checkpoint.exists():
+            resume_from = folder.checkpoint
+        else:
+            folder.truncate_rounds(0)
+        log(INFO, "fedtrust: resuming %s", folder.path)
+    else:
+        folder = RunFolder.create(cfg.output_dir, run_name(cfg, context.run_id))
+        folder.write_config(cfg.as_flat_dict(), extra={"run_id": context.run_id,
+                                                       "num_parameters": sum(p.numel() for p in model.parameters())})
     log(INFO, "fedtrust run folder: %s", folder.path)
 
     initial = ArrayRecord(model.state_dict())
@@ -107,8 +122,9 @@ def main(grid: Grid, context: Context) -> None:
     if mia is not None:
         attackers.append(mia)
     strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
-                                on_intercept=attackers)
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds)
+                                on_intercept=attackers, resume_from=resume_from)
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
+                            timeout=cfg.round_timeout)
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)

@@ -1,0 +1,150 @@
+"""A real SuperLink and SuperNodes on loopback, with TLS: the deployment path on one machine.
+
+This starts exactly what the README's "Running on real machines" section starts by
+hand (``flower-superlink`` with a TLS certificate, ``flower-supernode`` per client with
+``--node-config``, a ``flwr`` connection with the CA certificate), only on 127.0.0.1.
+Each process gets its own process group, and :meth:`LoopbackDeployment.stop` ends
+them all. Used by the deployment test; handy to try a deployment before using real
+machines::
+
+    with LoopbackDeployment(workdir, num_nodes=2) as dep:
+        outcome = dep.run_app(run_config={"compressor": "powersgd"})
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from experiments.flwr_runner import REPO_ROOT, LocalSuperLink, RunOutcome, _alive, _descendants, _json_of, free_port
+
+
+def make_certificates(out: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """Run ``deploy/make-certificates.sh`` (openssl): a CA and a SuperLink certificate."""
+    subprocess.run(["bash", str(REPO_ROOT / "deploy" / "make-certificates.sh"), str(out), *hosts],
+                   check=True, capture_output=True, text=True)
+    return out
+
+
+class LoopbackDeployment(LocalSuperLink):
+    """SuperLink (deployment mode, TLS) + ``num_nodes`` SuperNodes on 127.0.0.1.
+
+    Parameters
+    ----------
+    workdir:
+        Folder for certificates, logs, Flower's config and state.
+    num_nodes:
+        SuperNodes to start; node ``i`` gets ``partition-id=i num-partitions=num_nodes``.
+    node_config:
+        Extra ``--node-config`` entries for every node (e.g. ``{"data-dir": "/data"}``).
+    per_node:
+        Extra entries for single nodes, by index (e.g. ``{2: {"fail-rounds": "2"}}``).
+    """
+
+    CONNECTION = "fedtrust-loopback"
+
+    def __init__(self, workdir: str | Path, num_nodes: int = 2,
+                 node_config: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                 per_node: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+        super().__init__(flwr_home=Path(workdir) / "flwr-home", env=env)
+        self.workdir = Path(workdir)
+        self.num_nodes = num_nodes
+        self.node_config = dict(node_config or {})
+        self.per_node = {int(k): dict(v) for k, v in (per_node or {}).items()}
+        self.nodes: list[subprocess.Popen] = []
+        self.processes: list[subprocess.Popen] = []
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen([str(Path(sys.executable).with_name(args[0])), *args[1:]], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        self.processes.append(proc)
+        return proc
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Make certificates, start the SuperLink and the SuperNodes, write the connection."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        certs = make_certificates(self.workdir / "certs")
+        port = free_port()
+        self.control_address = f"127.0.0.1:{port}"
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{self.CONNECTION}"\n\n[superlink.{self.CONNECTION}]\n'
+            f'address = "{self.control_address}"\nroot-certificates = "{certs / "ca.crt"}"\n')
+        self._spawn("superlink", [
+            "flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"),
+            "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+            "--host", "127.0.0.1", "--port", str(port), "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation", "--database", str(self.workdir / "state.db")])
+        self.process = self.processes[0]
+        self._wait_ready(timeout)
+        for i in range(self.num_nodes):
+            config = {"partition-id": i, "num-partitions": self.num_nodes, **self.node_config,
+                      **self.per_node.get(i, {})}
+            self.nodes.append(self._spawn(f"supernode{i}", [
+                "flower-supernode", "--root-certificates", str(certs / "ca.crt"),
+                "--superlink", self.control_address, "--port", str(free_port()),
+                "--node-config", " ".join(f"{k}={_toml(v)}" for k, v in config.items())]))
+
+    def kill_node(self, index: int) -> None:
+        """Kill SuperNode ``index`` and its children at once (a client machine that drops out)."""
+        proc = self.nodes[index]
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited; see {self.workdir / 'superlink.log'}")
+            if _json_of(self.flwr("ls", "--format", "json", timeout=30, check=False).stdout).get("success"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the SuperLink did not answer within {timeout:.0f}s")
+
+    def run_app(self, app: str | Path = REPO_ROOT, run_config: Mapping[str, Any] | None = None,
+                num_supernodes: int = 0, federation_config: Mapping[str, Any] | None = None,
+                timeout: float = 900, echo: bool = False, superlink: str | None = None) -> RunOutcome:
+        """``flwr run`` the app on this deployment and wait for its final status."""
+        return super().run_app(app, run_config=run_config, timeout=timeout, echo=echo,
+                               superlink=superlink or self.CONNECTION)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """End every process started here (their process groups and descendants)."""
+        pids: list[int] = []
+        for proc in self.processes:
+            pids += [proc.pid, *_descendants(proc.pid)]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in self.processes:
+                try:
+                    os.killpg(proc.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for pid in set(pids):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + timeout / 2
+            while time.monotonic() < deadline and any(_alive(p) for p in pids):
+                time.sleep(0.2)
+        for proc in self.processes:
+            proc.poll()
+        self.stopped_pids = sorted(set(pids))
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f"'{value}'"
+    return str(value).lower() if isinstance(value, bool) else str(value)
