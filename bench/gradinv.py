@@ -24,7 +24,7 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch.nn import functional as F
 
-from fedtrust.attacks import GradInvConfig, invert_targets, make_target
+from fedtrust.attacks import invert_targets, make_target
 from fedtrust.models import resnet18
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera")

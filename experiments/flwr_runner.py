@@ -99,6 +99,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def terminate(processes: list[subprocess.Popen], extra_pids: list[int] = (), timeout: float = 20.0) -> list[int]:
+    """End processes started with ``start_new_session=True``: their groups and all descendants.
+
+    SIGTERM first, SIGKILL for what is left after ``timeout / 2`` seconds. Returns every pid
+    that was signalled (so a caller can check that none is alive afterwards).
+    """
+    pids = list(extra_pids)
+    for proc in processes:
+        pids += [proc.pid, *_descendants(proc.pid)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in processes:
+            try:
+                os.killpg(proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in set(pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout / 2
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+    for proc in processes:
+        proc.poll()
+    return sorted(set(pids))
+
+
 class LocalSuperLink:
     """A private SuperLink (simulation runtime) on free loopback ports, and ``flwr`` bound to it.
 
@@ -169,22 +197,8 @@ class LocalSuperLink:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Terminate the SuperLink and all its descendants (simulation, Ray workers)."""
-        pids: list[int] = []
-        if self.process is not None:
-            pids = [self.process.pid, *_descendants(self.process.pid)]
-        pids += _pids_with(str(self.home))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in set(pids):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + timeout / 2
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.2)
-        if self.process is not None:
-            self.process.poll()
-        self.stopped_pids = sorted(set(pids))
+        procs = [self.process] if self.process is not None else []
+        self.stopped_pids = terminate(procs, extra_pids=_pids_with(str(self.home)), timeout=timeout)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.flwr_runner import REPO_ROOT, LocalSuperLink, RunOutcome, _alive, _descendants, _json_of, free_port
+from experiments.flwr_runner import (REPO_ROOT, LocalSuperLink, RunOutcome, _descendants, _json_of,
+                                     free_port, terminate)
 
 
 def make_certificates(out: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
@@ -122,26 +123,7 @@ class LoopbackDeployment(LocalSuperLink):
 
     def stop(self, timeout: float = 20.0) -> None:
         """End every process started here (their process groups and descendants)."""
-        pids: list[int] = []
-        for proc in self.processes:
-            pids += [proc.pid, *_descendants(proc.pid)]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.processes:
-                try:
-                    os.killpg(proc.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            for pid in set(pids):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + timeout / 2
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.2)
-        for proc in self.processes:
-            proc.poll()
-        self.stopped_pids = sorted(set(pids))
+        self.stopped_pids = terminate(self.processes, timeout=timeout)
 
 
 def _toml(value: Any) -> str:
