@@ -110,6 +110,11 @@ class RunConfig:
         chosen = _parse_selection(self.intercept_clients, "intercept-clients", range(num_partitions))
         return chosen | self.attacked_partitions(num_partitions)
 
+    @property
+    def attacks_every_client(self) -> bool:
+        """Whether ``attack-clients = "all"`` (however many clients the federation has)."""
+        return self.attack != "none" and str(self.attack_clients).strip().lower() == "all"
+
     def attacked_partitions(self, num_partitions: int) -> set[int]:
         """Partition ids whose update of ``attack-round`` is attacked."""
         if self.attack == "none":
@@ -246,7 +251,8 @@ def _check_range(cfg: RunConfig) -> None:
         raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "
                           "one gradient of one batch); got local-mode='fedavg'")
     cfg.intercepted_rounds()
-    _parse_selection(cfg.attack_clients, "attack-clients", range(10**9))
+    if not cfg.attacks_every_client:
+        _parse_selection(cfg.attack_clients, "attack-clients", range(10**9))
 
 
 def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:

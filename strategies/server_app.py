@@ -115,7 +115,8 @@ def main(grid: Grid, context: Context) -> None:
             model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
                                        in_channels=train.spec.channels),
             config=GradInvConfig.from_dict(cfg.gradinv_settings()), attackers=cfg.attackers(),
-            rounds={cfg.attack_round}, clients=cfg.attacked_partitions(10**9),
+            rounds={cfg.attack_round},
+            clients=None if cfg.attacks_every_client else cfg.attacked_partitions(10**9),
             device=select_device(cfg.device))
         attackers.append(report)
     mia = make_mia_report(cfg, train, folder) if cfg.mia else None

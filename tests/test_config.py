@@ -58,3 +58,12 @@ def test_selection_parsing():
     assert cfg.intercepted_rounds() == {1, 2, 3, 4}
     assert cfg.intercepted_partitions(3) == {0, 2}
     assert parse_run_config({"intercept-rounds": "none"}).intercepted_rounds() == set()
+
+
+def test_attacking_every_client_does_not_enumerate_a_huge_range():
+    cfg = parse_run_config({"attack": "gradinv", "attack-clients": "all"})
+    assert cfg.attacks_every_client
+    assert cfg.attacked_partitions(5) == {0, 1, 2, 3, 4}
+    assert not parse_run_config({"attack": "gradinv", "attack-clients": "0,3"}).attacks_every_client
+    with pytest.raises(ConfigError, match="attack-clients"):
+        parse_run_config({"attack": "gradinv", "attack-clients": "0,x"})
