@@ -32,7 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedtrust.compression import get_compressor, is_compressible, layout_of, orthogonalize
+from fedtrust.compression import (
+    get_compressor,
+    is_compressible,
+    layout_of,
+    orthogonalize,
+)
 from fedtrust.compression.base import layout_numel, matrix_shape
 from fedtrust.models import resnet18
 

@@ -22,8 +22,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from experiments.flwr_runner import (REPO_ROOT, LocalSuperLink, RunOutcome, _descendants, _json_of,
-                                     free_port, terminate)
+from experiments.flwr_runner import (
+    REPO_ROOT,
+    LocalSuperLink,
+    RunOutcome,
+    _descendants,
+    _json_of,
+    free_port,
+    terminate,
+)
 
 
 def make_certificates(out: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:

@@ -205,7 +205,7 @@ SMOKE = Profile(
     description=("CPU smoke test: the embedded sample (real Fashion-MNIST subset, offline); ConvNet; SGD, "
                  "PowerSGD rank 1 and 4, Top-K level 1 and 4; 3 reconstructed images per configuration "
                  "(3 clients, one image each, round 1), 300 attack iterations (TV 1e-4, 1 restart), "
-                 "both attackers; MIA on models trained by FedAvg for 5 rounds (2 local epochs)."),
+                 "both attackers; MIA on models trained by FedAvg for 3 rounds (2 local epochs)."),
     datasets=("sample",),
     levels=(1, 4),
     kinds={
@@ -217,7 +217,7 @@ SMOKE = Profile(
             "intercept-rounds": "1", "intercept-clients": "none", "eval-samples": 500,
         }, num_supernodes=3),
         "mia": KindSettings({
-            "model": "convnet", "local-mode": "fedavg", "num-server-rounds": 5, "local-epochs": 2,
+            "model": "convnet", "local-mode": "fedavg", "num-server-rounds": 3, "local-epochs": 2,
             "batch-size": 32, "lr": 0.05, "mia": True, "mia-samples": 500,
             "intercept-rounds": "none", "intercept-clients": "none", "eval-samples": 0,
         }, num_supernodes=3),

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fedtrust.data.partition import PARTITIONER_NAMES as PARTITIONERS
-from fedtrust.data.specs import BUILTIN_DATASETS, DATASET_NAMES as DATASETS
+from fedtrust.data.specs import BUILTIN_DATASETS
+from fedtrust.data.specs import DATASET_NAMES as DATASETS
 from fedtrust.models import MODEL_NAMES
 
 COMPRESSORS = ("none", "powersgd", "topk")

@@ -24,7 +24,15 @@ from logging import INFO, WARNING
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -333,7 +341,7 @@ class CompressedFedAvg(FedAvg):
         Written to a temporary file and renamed, so a crash leaves the last good one.
         Readable with ``torch.load(weights_only=True)``: tensors, ints and dicts only.
         """
-        np_to_t = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (d or {}).items()}  # noqa: E731
+        np_to_t = lambda d: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in (d or {}).items()}
         blob = {
             "round": server_round,
             "global_state": {k: v.detach().cpu() for k, v in state.items()},

@@ -16,9 +16,9 @@ from flwr.supercore import log
 
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
+from fedtrust.attacks.mia.report import MIAReport
 from fedtrust.compression.base import check_level
 from fedtrust.config import ConfigError, RunConfig, parse_run_config
-from fedtrust.attacks.mia.report import MIAReport
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder

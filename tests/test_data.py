@@ -28,10 +28,12 @@ from fedtrust.data import (
     denormalize,
     get_spec,
     load_dataset,
+    loading,
     normalize,
     partition_indices,
+    sources,
+    specs,
 )
-from fedtrust.data import loading, sources, specs
 from fedtrust.data.make_sample import TEST_PER_CLASS, TRAIN_PER_CLASS
 
 RNG = np.random.default_rng(1234)
@@ -109,7 +111,8 @@ def test_cifar10_rows_map_to_hwc_with_red_plane_first(tmp_path):
     np.testing.assert_array_equal(test.labels, written["test"][1])
     assert train.labels.dtype == np.int64
     # The channel order, checked against raw row positions of the file itself.
-    raw = pickle.load(open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="bytes")
+    with (tmp_path / "cifar-10-batches-py" / "data_batch_1").open("rb") as fh:
+        raw = pickle.load(fh, encoding="bytes")
     row = raw[b"data"][0]
     img = train.images[0]
     assert img[0, 1, 0] == row[1]                 # R plane first, row-major

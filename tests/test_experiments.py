@@ -373,6 +373,30 @@ def test_tradeoff_from_a_full_store_runs_nothing_and_writes_every_file(tmp_path,
     assert (out / "figure1.png").stat().st_size > 5000 and (out / "figure1_adaptive.png").stat().st_size > 5000
 
 
+def test_estimate_multiplies_measured_times_by_the_profiles_work(tmp_path):
+    from experiments.estimate import Timings, cell_seconds, overhead_from
+
+    t = Timings(attack_iteration=0.5, train_step=2.0, sample_gradient=3.0)
+    per = cell_seconds(PAPER, "cifar10", t)
+    assert per["gradinv"] == 24000 * 0.5  # every reconstruction of a cell advances together per iteration
+    assert per["mia"] == 50 * 1 * math.ceil(50_000 / 32) * 2.0  # rounds x epochs x batches of the train split
+    assert per["update"] == 10 * 1000 * 3.0  # intercepted clients x candidates
+    with pytest.raises(ValueError, match="train-split size"):
+        cell_seconds(PAPER, "folder:/x", t)
+    store = CellStore(tmp_path)
+    store.add({"key": "a", "status": "ok", "seconds": 80.5})
+    store.add({"key": "b", "status": "ok", "seconds": 41.0})
+    assert overhead_from(tmp_path) == 41.0 and overhead_from(None) is None
+
+
+def test_estimate_times_real_work_on_this_machine(capsys):
+    from experiments.estimate import main
+
+    assert main(["--profile", "smoke", "--device", "cpu", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sample" in out and "total: table1 (gradinv)" in out
+
+
 # ----------------------------------------------------------------------------- real runs: stop, kill, resume
 SCENARIO_ARGS = ["--algorithms", "sgd,powersgd1,topk1", "--set", "attack-iterations=5", "--set", "num-supernodes=2",
                  "--set", "eval-samples=50", "--no-progress"]

@@ -18,12 +18,24 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch.nn import functional as F
 
-from fedtrust.attacks import GradInvConfig, attack_intercepted, infer_labels, invert_gradients, make_target
-from fedtrust.attacks import invert_targets
+from fedtrust.attacks import (
+    GradInvConfig,
+    attack_intercepted,
+    infer_labels,
+    invert_gradients,
+    invert_targets,
+    make_target,
+)
 from fedtrust.attacks.gradinv.api import model_layout
 from fedtrust.attacks.gradinv.reconstruct import gradient_cost
 from fedtrust.attacks.gradinv.targets import apply_view, build_views, decode_views
-from fedtrust.compression import Payload, aggregate_p, decode_allreduce, get_compressor, initial_q
+from fedtrust.compression import (
+    Payload,
+    aggregate_p,
+    decode_allreduce,
+    get_compressor,
+    initial_q,
+)
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.metrics import match_images, mse, psnr, score_batch, ssim
 from fedtrust.models import ConvNet, resnet18

@@ -15,12 +15,31 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from fedtrust.attacks.mia import (ATTACKS, CSV_COLUMNS, UPDATE_ATTACKS, CalibrationSet, MembershipSplit,
-                                  allowed_false_positives, attack_scores, balanced_accuracy,
-                                  best_threshold, compute_outputs, draw_membership_split,
-                                  evaluate_scores, fit_thresholds, heldout_indices, observed_pieces,
-                                  per_sample_gradients, plot_results_roc, roc_auc, roc_curve,
-                                  run_blackbox_mia, run_update_mia, tpr_at_fpr, write_results_csv)
+from fedtrust.attacks.mia import (
+    ATTACKS,
+    CSV_COLUMNS,
+    UPDATE_ATTACKS,
+    CalibrationSet,
+    MembershipSplit,
+    allowed_false_positives,
+    attack_scores,
+    balanced_accuracy,
+    best_threshold,
+    compute_outputs,
+    draw_membership_split,
+    evaluate_scores,
+    fit_thresholds,
+    heldout_indices,
+    observed_pieces,
+    per_sample_gradients,
+    plot_results_roc,
+    roc_auc,
+    roc_curve,
+    run_blackbox_mia,
+    run_update_mia,
+    tpr_at_fpr,
+    write_results_csv,
+)
 from fedtrust.compression import get_compressor, layout_of
 from fedtrust.data import load_dataset
 from fedtrust.models import ConvNet

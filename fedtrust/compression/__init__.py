@@ -28,6 +28,8 @@ from fedtrust.compression.base import (
 from fedtrust.compression.none import NoCompressor
 from fedtrust.compression.powersgd import (
     MODES as POWERSGD_MODES,
+)
+from fedtrust.compression.powersgd import (
     PowerSGDCompressor,
     aggregate_p,
     aggregate_q,

@@ -6,7 +6,13 @@ from collections.abc import Mapping
 
 import torch
 
-from fedtrust.compression.base import Compressor, Layout, Payload, dense_from_payload, to_wire
+from fedtrust.compression.base import (
+    Compressor,
+    Layout,
+    Payload,
+    dense_from_payload,
+    to_wire,
+)
 
 
 class NoCompressor(Compressor):

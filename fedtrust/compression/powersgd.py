@@ -114,7 +114,7 @@ def initial_q(layout: Layout, rank: int, seed: int,
 def _strip_prefix(arrays: Mapping[str, np.ndarray | torch.Tensor], prefix: str
                   ) -> dict[str, np.ndarray | torch.Tensor]:
     """Keys ``name`` or ``{prefix}name`` -> ``name``."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in arrays.items()}
+    return {(k.removeprefix(prefix)): v for k, v in arrays.items()}
 
 
 def _weighted_mean(payloads: Sequence[Payload], weights: Sequence[float], prefix: str

@@ -18,7 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from fedtrust.compression.base import Layout, is_compressible, matrix_shape, powersgd_values_per_tensor
+from fedtrust.compression.base import (
+    Layout,
+    is_compressible,
+    matrix_shape,
+    powersgd_values_per_tensor,
+)
 
 
 class PayloadError(ValueError):

@@ -20,8 +20,18 @@ from fedtrust.data.loading import (
     normalize,
 )
 from fedtrust.data.partition import PARTITIONER_NAMES, partition_indices
-from fedtrust.data.sources import CorruptDataError, DataNotFoundError, HubUnavailableError
-from fedtrust.data.specs import BUILTIN_DATASETS, DATASET_NAMES, SPECS, DatasetSpec, get_spec
+from fedtrust.data.sources import (
+    CorruptDataError,
+    DataNotFoundError,
+    HubUnavailableError,
+)
+from fedtrust.data.specs import (
+    BUILTIN_DATASETS,
+    DATASET_NAMES,
+    SPECS,
+    DatasetSpec,
+    get_spec,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",

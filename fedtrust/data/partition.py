@@ -28,7 +28,7 @@ DIRICHLET_MIN_PARTITION_SIZE = 10
 class _Labels:
     """Labels hashed by content, so that :func:`functools.lru_cache` can key on them."""
 
-    __slots__ = ("array", "_digest")
+    __slots__ = ("_digest", "array")
 
     def __init__(self, array: np.ndarray) -> None:
         self.array = np.ascontiguousarray(array, dtype=np.int64)

@@ -581,7 +581,7 @@ def read_hub(name: str, split: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> Raw
 
     try:
         ds = datasets.load_dataset(hub_id, split=split)
-    except Exception as e:  # noqa: BLE001 - any failure of the hub means "not available here"
+    except Exception as e:
         raise HubUnavailableError(f"datasets.load_dataset({hub_id!r}, split={split!r}) failed: "
                                   f"{type(e).__name__}: {e}") from e
     return hub_to_raw(ds, name)

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from fedtrust.attacks.mia.metrics import (allowed_false_positives, balanced_accuracy, plot_roc,
-                                          roc_auc, roc_curve, tpr_at_fpr)
+from fedtrust.attacks.mia.metrics import (
+    allowed_false_positives,
+    balanced_accuracy,
+    plot_roc,
+    roc_auc,
+    roc_curve,
+    tpr_at_fpr,
+)
 from fedtrust.attacks.mia.sampling import MembershipSplit
-from fedtrust.attacks.mia.thresholds import ThresholdRule, calibration_set, fit_thresholds
+from fedtrust.attacks.mia.thresholds import (
+    ThresholdRule,
+    calibration_set,
+    fit_thresholds,
+)
 
 #: Columns of :meth:`MIAResult.to_row`, in order.
 CSV_COLUMNS: tuple[str, ...] = ("attack", "scope", "accuracy", "auc", "tpr_at_1pct_fpr",
