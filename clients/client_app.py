@@ -106,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
     if cfg.local_mode == "fedsgd":
         batch = cfg.batch_size
-        if server_round == cfg.attack_round and pid in cfg.attacked_partitions(num_partitions):
+        if server_round == cfg.attack_round and cfg.attacks_client(pid):
             batch = cfg.attack_images  # the attacked batch holds attack-images images (one in the paper)
         result = fedsgd_step(model, x, y, batch, np.random.default_rng(seed), indices)
     else:
@@ -135,6 +135,7 @@ def train(msg: Message, context: Context) -> Message:
             "dense-bytes": int(comp.dense_nbytes()),
             "buffer-bytes": int(sum(b.nbytes for b in buffers.values())),
             "partition-id": pid,
+            "num-partitions": num_partitions,
             "seconds": time.perf_counter() - t0,
         }),
     })

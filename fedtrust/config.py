@@ -10,6 +10,7 @@ This module imports no Flower.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,19 @@ class RunConfig:
                                   range(1, self.num_server_rounds + 1))
         return rounds | ({self.attack_round} if self.attack != "none" else set())
 
+    def intercepts_client(self, partition_id: int) -> bool:
+        """Whether the updates of partition ``partition_id`` are intercepted (attacked ones included).
+
+        Unlike :meth:`intercepted_partitions` this needs no count of clients: an id that no
+        client has is simply never matched.
+        """
+        return (_selects(self.intercept_clients, "intercept-clients", partition_id)
+                or self.attacks_client(partition_id))
+
+    def attacks_client(self, partition_id: int) -> bool:
+        """Whether partition ``partition_id``'s update of ``attack-round`` is attacked."""
+        return self.attack != "none" and _selects(self.attack_clients, "attack-clients", partition_id)
+
     def intercepted_partitions(self, num_partitions: int) -> set[int]:
         """Partition ids (clients) whose updates are intercepted (the attacked ones included)."""
         chosen = _parse_selection(self.intercept_clients, "intercept-clients", range(num_partitions))
@@ -161,6 +175,13 @@ def _parse_selection(text: str, key: str, universe: range) -> set[int]:
     return out
 
 
+def _selects(text: str, key: str, value: int) -> bool:
+    """Whether a selection (``all``, ``none``, ``"0,2"``) holds ``value``, with no upper bound."""
+    if str(text).strip().lower() == "all":
+        return value >= 0
+    return value in _parse_selection(text, key, range(10**9))
+
+
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODEL_NAMES,
     "local_mode": LOCAL_MODES,
@@ -197,9 +218,12 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}={value!r} must be a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        return number
     return str(value)
 
 
@@ -208,6 +232,7 @@ def _check_range(cfg: RunConfig) -> None:
         if not cond:
             raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
 
+    need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     need(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "an integer >= 1")
     need(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train, "a number in (0, 1]")
     need(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "an integer >= 1")
@@ -252,6 +277,7 @@ def _check_range(cfg: RunConfig) -> None:
         raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "
                           "one gradient of one batch); got local-mode='fedavg'")
     cfg.intercepted_rounds()
+    _selects(cfg.intercept_clients, "intercept-clients", 0)
     if not cfg.attacks_every_client:
         _parse_selection(cfg.attack_clients, "attack-clients", range(10**9))
 

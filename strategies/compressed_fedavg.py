@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
 import torch
@@ -64,6 +64,32 @@ def _q_used(q: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The Q a PowerSGD client multiplies with: its warm-start Q, orthogonalised (as PyTorch's hook)."""
     return {f"Q/{k}": psgd.orthogonalize(torch.from_numpy(np.array(v, dtype=np.float32))).numpy()
             for k, v in q.items()}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _metric_int(metrics: dict, key: str, default: int | None = None) -> int:
+    """A non-negative integer metric of a reply, or :class:`RejectedReply`."""
+    value = metrics.get(key, default)
+    if value is None:
+        raise RejectedReply(f"metric {key!r} is missing")
+    if not _is_number(value) or value < 0 or float(value) != int(value):
+        raise RejectedReply(f"{key}={value!r} is not a non-negative integer")
+    return int(value)
+
+
+def _check_finite(update: dict[str, torch.Tensor]) -> None:
+    """Finite arrays can still decode (or average) to Inf: refuse that before it reaches the model."""
+    for name, tensor in update.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise RejectedReply(f"the decoded update is not finite ({name})")
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 @dataclass
@@ -111,11 +137,15 @@ class CompressedFedAvg(FedAvg):
         Callbacks that receive each intercepted update (the attackers).
     resume_from:
         A ``checkpoint.pt`` of this run folder to continue from (``resume = true``).
+    num_train:
+        Size of the train split, when known: bounds the batch indices and the
+        ``num-examples`` a client may claim.
     """
 
     def __init__(self, cfg: RunConfig, layout: Layout, run_folder: RunFolder,
                  evaluate_fn: EvaluateFn | None = None,
-                 on_intercept: Sequence[InterceptFn] = (), resume_from=None) -> None:
+                 on_intercept: Sequence[InterceptFn] = (), resume_from=None,
+                 num_train: int | None = None) -> None:
         super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=0.0,
                          min_train_nodes=cfg.min_clients, min_available_nodes=cfg.min_clients)
         self.cfg = cfg
@@ -124,6 +154,8 @@ class CompressedFedAvg(FedAvg):
         self.evaluate_fn = evaluate_fn
         self.on_intercept = list(on_intercept)
         self.resume_from = resume_from
+        self.num_train = num_train
+        self.dense_nbytes = 4 * sum(int(np.prod(shape)) for _, shape in layout)
         self.decoder = get_compressor(cfg.compressor, level=cfg.level, layout=layout,
                                       **cfg.compressor_options())
         self.allreduce = cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
@@ -138,6 +170,10 @@ class CompressedFedAvg(FedAvg):
         #: Train-split indices the accepted FedSGD replies trained on, and the partitions that took part.
         self.trained_indices: list[np.ndarray] = []
         self.partitions_seen: set[int] = set()
+        #: The number of partitions the clients split the train set into (as they report it).
+        self.num_partitions_reported = 0
+        #: Exceptions raised by ``on_intercept`` callbacks (training goes on; the run fails at the end).
+        self.attack_errors: list[str] = []
         self.buffer_shapes: dict[str, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -162,34 +198,69 @@ class CompressedFedAvg(FedAvg):
         """Check one reply's records and turn them into a :class:`ClientReply`.
 
         Raises :class:`RejectedReply` with the reason when anything does not match what
-        the run's configuration allows.
+        the run's configuration allows; whatever a malformed reply makes the parsing
+        raise becomes a :class:`RejectedReply` too, so no reply can stop the server.
         """
+        try:
+            return self._parse_reply(node_id, content)
+        except RejectedReply:
+            raise
+        except PayloadError as err:
+            raise RejectedReply(str(err)) from err
+        except Exception as err:  # arrays or records that do not even deserialise
+            raise RejectedReply(f"unreadable reply: {type(err).__name__}: {err}") from err
+
+    def _parse_reply(self, node_id: int, content: RecordDict) -> ClientReply:
         for key in (protocol.PAYLOAD, protocol.METRICS):
             if key not in content:
                 raise RejectedReply(f"record {key!r} is missing")
         metrics = dict(content[protocol.METRICS])
         weight = metrics.get("num-examples", 0)
-        if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight <= 0:
+        if not _is_number(weight) or weight <= 0:
             raise RejectedReply(f"num-examples={weight!r} is not a positive number")
         max_batch = max(self.cfg.batch_size, self.cfg.attack_images if self.cfg.attack != "none" else 0)
         if self.cfg.local_mode == "fedsgd" and weight > max_batch:
             raise RejectedReply(f"num-examples={weight} exceeds the FedSGD batch-size {max_batch}")
-        weight = float(weight)
-        try:
-            payload = _from_record(content[protocol.PAYLOAD])
-            validate_payload(payload, self.spec, self.layout, phase="p" if self.allreduce else "all")
-            buffers = _from_record(content[protocol.BUFFERS]) if protocol.BUFFERS in content else {}
-            if self.buffer_shapes is not None:
-                validate_dense(buffers, self.buffer_shapes)
-        except PayloadError as err:
-            raise RejectedReply(str(err)) from err
-        except (TypeError, ValueError) as err:  # arrays that do not even deserialise
-            raise RejectedReply(f"unreadable arrays: {err}") from err
-        audit = _from_record(content[protocol.AUDIT]) if protocol.AUDIT in content else {}
-        return ClientReply(node_id=node_id,
-                           partition_id=int(metrics.get("partition-id", -1)), weight=weight,
-                           payload=payload, buffers=buffers, metrics=metrics,
-                           batch_indices=audit.get("batch-indices"))
+        if self.num_train is not None and weight > self.num_train:
+            raise RejectedReply(f"num-examples={weight} exceeds the {self.num_train} train samples")
+        partition_id = _metric_int(metrics, "partition-id")
+        num_partitions = _metric_int(metrics, "num-partitions", default=0)
+        if num_partitions and partition_id >= num_partitions:
+            raise RejectedReply(f"partition-id={partition_id} is not below num-partitions={num_partitions}")
+        train_loss = metrics.get("train-loss", float("nan"))
+        if not _is_number(train_loss):
+            raise RejectedReply(f"train-loss={train_loss!r} is not a number")
+        payload = _from_record(content[protocol.PAYLOAD])
+        validate_payload(payload, self.spec, self.layout, phase="p" if self.allreduce else "all")
+        buffers = _from_record(content[protocol.BUFFERS]) if protocol.BUFFERS in content else {}
+        if self.buffer_shapes is not None:
+            validate_dense(buffers, self.buffer_shapes)
+        batch_indices = None
+        if protocol.AUDIT in content:
+            batch_indices = _from_record(content[protocol.AUDIT]).get("batch-indices")
+            self._check_batch_indices(batch_indices, weight)
+        # Bytes as the server measured them, not as the client claims them.
+        metrics.update({"num-examples": float(weight), "train-loss": float(train_loss),
+                        "partition-id": partition_id, "num-partitions": num_partitions,
+                        "uplink-bytes": float(sum(a.nbytes for a in payload.values())),
+                        "dense-bytes": float(self.dense_nbytes),
+                        "buffer-bytes": float(sum(a.nbytes for a in buffers.values()))})
+        return ClientReply(node_id=node_id, partition_id=partition_id, weight=float(weight),
+                           payload=payload, buffers=buffers, metrics=metrics, batch_indices=batch_indices)
+
+    def _check_batch_indices(self, indices: object, weight: float) -> None:
+        """The FedSGD batch's train-split indices: distinct int64 values, one per example."""
+        if indices is None:
+            return
+        if not isinstance(indices, np.ndarray) or indices.dtype != np.int64 or indices.ndim != 1:
+            raise RejectedReply("batch-indices must be a 1-D int64 array")
+        if len(indices) != int(weight):
+            raise RejectedReply(f"{len(indices)} batch-indices for num-examples={weight}")
+        bound = self.num_train if self.num_train is not None else np.iinfo(np.int64).max
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= bound):
+            raise RejectedReply(f"batch-indices outside 0..{bound - 1}")
+        if np.unique(indices).size != indices.size:
+            raise RejectedReply("repeated batch-indices")
 
     def decode(self, reply: ClientReply) -> None:
         """Decode a one-exchange reply (none, Top-K, PowerSGD local) in place."""
@@ -197,6 +268,7 @@ class CompressedFedAvg(FedAvg):
             reply.decoded = self.decoder.decode(Payload(reply.payload))
         except (KeyError, ValueError, RuntimeError, IndexError) as err:
             raise RejectedReply(f"payload does not decode: {err}") from err
+        _check_finite(reply.decoded)
         if self.cfg.compressor == "powersgd":  # local mode: the client's own Q and P
             q_used = self.q_last.get(reply.node_id, self.q_shared or {})
             reply.public_state = {**_q_used(q_used),
@@ -247,6 +319,11 @@ class CompressedFedAvg(FedAvg):
                                   timeout: float) -> tuple[list[ClientReply], int, int]:
         """PowerSGD allreduce: average and orthogonalise P, send P-hat, receive and decode Q_i."""
         p_hat = psgd.aggregate_p([Payload(r.payload) for r in accepted], [r.weight for r in accepted])
+        if not all(np.isfinite(v).all() for v in p_hat.values()):
+            # finite P's whose weighted mean overflows: no decodable update this round
+            log(WARNING, "round %d: the clients' P do not average to a finite P-hat: %d replies rejected",
+                server_round, len(accepted))
+            return [], len(accepted), 0
         record = RecordDict({protocol.P_HAT: _to_record(p_hat),
                              protocol.CONFIG: ConfigRecord({"server-round": server_round})})
         by_node = {r.node_id: r for r in accepted}
@@ -267,18 +344,15 @@ class CompressedFedAvg(FedAvg):
                 try:
                     q_payload = _from_record(msg.content[protocol.PAYLOAD])
                     validate_payload(q_payload, self.spec, self.layout, phase="q")
-                except PayloadError as err:
-                    raise RejectedReply(str(err)) from err
-                except (TypeError, ValueError) as err:
-                    raise RejectedReply(f"unreadable arrays: {err}") from err
-                try:
                     reply.decoded = psgd.decode_allreduce(p_hat, Payload(reply.payload),
                                                           Payload(q_payload), self.layout)
-                except (KeyError, ValueError, RuntimeError, IndexError) as err:
-                    raise RejectedReply(f"payload does not decode: {err}") from err
+                except PayloadError as err:
+                    raise RejectedReply(str(err)) from err
+                except Exception as err:  # whatever a malformed reply makes decoding raise
+                    raise RejectedReply(f"unreadable or undecodable reply: {type(err).__name__}: {err}") from err
+                _check_finite(reply.decoded)
                 reply.payload = {**reply.payload, **q_payload}
-                reply.metrics["uplink-bytes"] = float(reply.metrics.get("uplink-bytes", 0)) + float(
-                    sum(a.nbytes for a in q_payload.values()))
+                reply.metrics["uplink-bytes"] += float(sum(a.nbytes for a in q_payload.values()))
                 reply.public_state = {**q_used,
                                       **{f"P_hat/{k}": v for k, v in p_hat.items()}}
                 done.append(reply)
@@ -296,11 +370,8 @@ class CompressedFedAvg(FedAvg):
         """Hand the chosen clients' updates to the attackers and save them."""
         if server_round not in self.intercept_rounds:
             return
-        num_partitions = self.cfg.num_partitions or max(
-            [r.partition_id + 1 for r in replies] + [len(replies)])
-        chosen = self.cfg.intercepted_partitions(max(num_partitions, 1)) if replies else set()
         for reply in replies:
-            if reply.partition_id not in chosen:
+            if not self.cfg.intercepts_client(reply.partition_id):
                 continue
             item = InterceptedUpdate(
                 round=server_round, node_id=int(reply.node_id), partition_id=reply.partition_id,
@@ -315,7 +386,14 @@ class CompressedFedAvg(FedAvg):
             path = item.save(self.run_folder.intercepted_file(server_round, reply.partition_id))
             log(INFO, "round %d: intercepted client %d -> %s", server_round, reply.partition_id, path)
             for callback in self.on_intercept:
-                callback(item)
+                try:
+                    callback(item)
+                except Exception as err:  # noqa: BLE001 - an attack must not stop the training
+                    what = (f"round {server_round} client {reply.partition_id}: "
+                            f"{getattr(callback, '__name__', type(callback).__name__)} failed: "
+                            f"{type(err).__name__}: {err}")
+                    self.attack_errors.append(what)
+                    log(ERROR, "attack error (training goes on; the run will end as failed): %s", what)
 
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, global_state: dict[str, torch.Tensor],
@@ -323,6 +401,7 @@ class CompressedFedAvg(FedAvg):
         """Step the global model with the weighted mean update and average BatchNorm statistics."""
         weights = [r.weight for r in replies]
         mean_update = weighted_mean([r.decoded for r in replies], weights)
+        _check_finite(mean_update)
         step = self.cfg.server_lr * (self.cfg.lr if self.cfg.local_mode == "fedsgd" else 1.0)
         new_state = apply_update(global_state, mean_update, step)
         with_buffers = [r for r in replies if r.buffers]
@@ -349,6 +428,7 @@ class CompressedFedAvg(FedAvg):
             "q_last": {int(k): np_to_t(v) for k, v in self.q_last.items()},
             "trained_indices": [torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in self.trained_indices],
             "partitions_seen": sorted(int(p) for p in self.partitions_seen),
+            "num_partitions_reported": int(self.num_partitions_reported),
         }
         path = self.run_folder.path / "checkpoint.pt"
         tmp = path.with_suffix(".pt.tmp")
@@ -362,6 +442,7 @@ class CompressedFedAvg(FedAvg):
         self.q_last = {int(k): {n: t.numpy() for n, t in v.items()} for k, v in blob["q_last"].items()}
         self.trained_indices = [t.numpy() for t in blob["trained_indices"]]
         self.partitions_seen = set(blob["partitions_seen"])
+        self.num_partitions_reported = int(blob.get("num_partitions_reported", 0))
         self.run_folder.truncate_rounds(int(blob["round"]))
         return int(blob["round"]) + 1, blob["global_state"]
 
@@ -390,23 +471,31 @@ class CompressedFedAvg(FedAvg):
             outcome = self.train_round(grid, server_round, arrays, timeout)
             accepted = outcome.accepted
             self.intercept(server_round, accepted, state)
+            stepped = False
             if len(accepted) >= self.min_train_nodes:
-                state = self.aggregate(state, accepted)
+                try:
+                    state = self.aggregate(state, accepted)
+                    stepped = True
+                except RejectedReply as err:
+                    log(WARNING, "round %d: the mean update is unusable (%s): global model unchanged",
+                        server_round, err)
+            if stepped:
                 self.partitions_seen |= {r.partition_id for r in accepted}
+                self.num_partitions_reported = max([self.num_partitions_reported]
+                                                   + [int(r.metrics["num-partitions"]) for r in accepted])
                 self.trained_indices += [r.batch_indices for r in accepted if r.batch_indices is not None]
-            else:
+            elif len(accepted) < self.min_train_nodes:
                 log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
                     server_round, len(accepted), self.min_train_nodes)
             test_loss, test_acc = (self.evaluate_fn(server_round, state) if self.evaluate_fn
                                    else (float("nan"), float("nan")))
             row = {
                 "round": server_round, "test_accuracy": round(test_acc, 6), "test_loss": round(test_loss, 6),
-                "train_loss": round(float(np.mean([r.metrics.get("train-loss", np.nan) for r in accepted]))
-                                    if accepted else float("nan"), 6),
+                "train_loss": round(_finite_mean([r.metrics["train-loss"] for r in accepted]), 6),
                 "clients": len(accepted), "rejected": outcome.rejected, "failed": outcome.failed,
-                "uplink_bytes": int(sum(r.metrics.get("uplink-bytes", 0) for r in accepted)),
-                "dense_bytes": int(sum(r.metrics.get("dense-bytes", 0) for r in accepted)),
-                "buffer_bytes": int(sum(r.metrics.get("buffer-bytes", 0) for r in accepted)),
+                "uplink_bytes": int(sum(r.metrics["uplink-bytes"] for r in accepted)),
+                "dense_bytes": int(sum(r.metrics["dense-bytes"] for r in accepted)),
+                "buffer_bytes": int(sum(r.metrics["buffer-bytes"] for r in accepted)),
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             self.run_folder.append_round(row)

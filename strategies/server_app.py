@@ -60,7 +60,8 @@ def member_indices(cfg: RunConfig, labels, strategy: CompressedFedAvg):
 
     if cfg.local_mode == "fedsgd":
         return np.unique(np.concatenate(strategy.trained_indices)) if strategy.trained_indices else np.array([], int)
-    num = cfg.num_partitions or (max(strategy.partitions_seen) + 1 if strategy.partitions_seen else 1)
+    num = cfg.num_partitions or strategy.num_partitions_reported or (
+        max(strategy.partitions_seen) + 1 if strategy.partitions_seen else 1)
     parts = [partition_indices(labels, num, pid, partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha,
                                seed=cfg.seed) for pid in sorted(strategy.partitions_seen)]
     return np.unique(np.concatenate(parts)) if parts else np.array([], int)
@@ -123,7 +124,7 @@ def main(grid: Grid, context: Context) -> None:
     if mia is not None:
         attackers.append(mia)
     strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
-                                on_intercept=attackers, resume_from=resume_from)
+                                on_intercept=attackers, resume_from=resume_from, num_train=len(train))
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
                             timeout=cfg.round_timeout)
     if report is not None:
@@ -134,4 +135,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "membership inference on the final model: %d member candidates", len(members))
         mia.finish(result.arrays.to_torch_state_dict(), members, cfg.num_server_rounds)
         log(INFO, "membership inference: %s", mia.csv_path)
+    if strategy.attack_errors:
+        raise RuntimeError(f"training finished ({folder.path}) but {len(strategy.attack_errors)} attack(s) "
+                           "failed: " + "; ".join(strategy.attack_errors))
     log(INFO, "fedtrust run finished: %s", folder.path)

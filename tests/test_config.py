@@ -45,6 +45,11 @@ def test_every_key_is_documented_in_readme():
     ({"batch-size": "many"}, ["batch-size", "integer"]),
     ({"lr": -1.0}, ["lr", "> 0"]),
     ({"compresor": "topk"}, ["compresor", "unknown", "compressor"]),
+    ({"seed": -1}, ["seed", "-1", ">= 0"]),
+    ({"lr": float("inf")}, ["lr", "inf", "finite"]),
+    ({"round-timeout": float("nan")}, ["round-timeout", "finite"]),
+    ({"intercept-clients": "first"}, ["intercept-clients", "first", "comma-separated"]),
+    ({"intercept-clients": "-1"}, ["intercept-clients", "-1", "outside"]),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(raw, words):
     with pytest.raises(ConfigError) as info:
@@ -57,6 +62,12 @@ def test_selection_parsing():
     cfg = parse_run_config({"num-server-rounds": 4, "intercept-rounds": "all", "intercept-clients": "0,2"})
     assert cfg.intercepted_rounds() == {1, 2, 3, 4}
     assert cfg.intercepted_partitions(3) == {0, 2}
+    # per-client questions need no count of clients: an id no client has is never matched
+    assert [cfg.intercepts_client(p) for p in range(4)] == [True, False, True, False]
+    attack = parse_run_config({"intercept-clients": "none", "attack": "gradinv", "attack-clients": "7"})
+    assert attack.intercepts_client(7) and attack.attacks_client(7) and not attack.intercepts_client(0)
+    every = parse_run_config({"intercept-clients": "all"})
+    assert every.intercepts_client(12345) and not every.attacks_client(0)
     assert parse_run_config({"intercept-rounds": "none"}).intercepted_rounds() == set()
 
 

@@ -165,6 +165,13 @@ def test_label_inference_batch(convnet):
     assert infer_labels(grad, 4).tolist() == [1, 3, 3, 7]
 
 
+def test_label_inference_batch_prefers_the_most_negative_classes():
+    """A decoded compressed update can make more classes negative than it has images."""
+    sums = torch.tensor([-0.1, -3.0, 0.2, -2.0, -0.05])
+    update = {"fc.weight": sums[:, None].repeat(1, 4) / 4, "fc.bias": torch.zeros(5)}
+    assert infer_labels(update, 2).tolist() == [1, 3]
+
+
 # ----------------------------------------------------------------------------- views
 def _view_cost(views, grads, cost="cosine"):
     rec = [apply_view(v.kind, v.params, v.aux, grads) for v in views]

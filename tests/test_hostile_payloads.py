@@ -124,3 +124,110 @@ def test_powersgd_second_exchange_rank_is_checked():
     validate_payload({"q/w": np.zeros((64, 2), np.float32)}, spec, layout, phase="q")
     with pytest.raises(PayloadError, match="rank 4"):
         validate_payload({"q/w": np.zeros((64, 4), np.float32)}, spec, layout, phase="q")
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("partition-id", float("nan"), "partition-id"),
+    ("partition-id", -3, "partition-id"),
+    ("partition-id", 2.5, "partition-id"),
+    ("num-partitions", 1, "not below num-partitions"),
+    ("train-loss", float("inf"), "train-loss"),
+])
+def test_hostile_identity_metrics_are_rejected(field, value, reason, tmp_path):
+    """Metrics the server reads (ids, losses) are checked like the arrays: none can crash a round."""
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    content["metrics"]["partition-id"] = 1
+    content["metrics"][field] = value
+    with pytest.raises(RejectedReply, match=reason):
+        strat.parse_reply(1, pack(content))
+
+
+def test_claimed_byte_counts_are_ignored_for_measured_ones(tmp_path):
+    cfg, model, content = honest("topk")
+    strat = strategy_for(cfg, model, tmp_path)
+    sent = sum(a.nbytes for a in content["payload"].values())
+    content["metrics"]["uplink-bytes"] = 1  # a client that claims to send almost nothing
+    reply = strat.parse_reply(1, pack(content))
+    assert reply.metrics["uplink-bytes"] == sent
+    assert reply.metrics["dense-bytes"] == 4 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("indices", "reason"), [
+    (np.array([0, 1, 2, 3, 4, 5, 6, 10**6], np.int64), "outside"),
+    (np.array([0, 1, 2, 3, 4, 5, 6, -1], np.int64), "outside"),
+    (np.array([0, 1, 2, 3, 4, 5, 6, 6], np.int64), "repeated"),
+    (np.array([0, 1, 2], np.int64), "num-examples"),
+    (np.arange(8, dtype=np.float32), "int64"),
+])
+def test_hostile_batch_indices_are_rejected(indices, reason, tmp_path):
+    cfg, model, content = honest("none")
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=100)
+    rd = pack(content)
+    rd[protocol.AUDIT] = record({"batch-indices": np.arange(8, dtype=np.int64)})
+    strat.parse_reply(1, rd)  # honest indices pass
+    rd[protocol.AUDIT] = record({"batch-indices": indices})
+    with pytest.raises(RejectedReply, match=reason):
+        strat.parse_reply(1, rd)
+
+
+def test_fedavg_cannot_claim_more_examples_than_the_train_split(tmp_path):
+    _, model, content = honest("none")
+    cfg = parse_run_config({"model": "convnet", "local-mode": "fedavg"})
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=3000)
+    content["metrics"]["num-examples"] = 10**12  # would outweigh every honest client
+    with pytest.raises(RejectedReply, match="train samples"):
+        strat.parse_reply(1, pack(content))
+
+
+def test_unreadable_arrays_are_rejected_not_raised(tmp_path):
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    rd = pack(content)
+    rd[protocol.PAYLOAD]["dense/fc.bias"] = Array(dtype="float32", shape=(10,), stype="numpy.ndarray", data=b"")
+    with pytest.raises(RejectedReply, match="unreadable"):
+        strat.parse_reply(1, rd)
+
+
+def test_finite_powersgd_factors_that_decode_to_inf_are_rejected(tmp_path):
+    """p and q pass every array check (finite, right shapes) but their product overflows float32."""
+    cfg, model, content = honest("powersgd", **{"powersgd-mode": "local"})
+    strat = strategy_for(cfg, model, tmp_path)
+    reply = strat.parse_reply(1, pack(content))
+    strat.decode(reply)  # the honest reply decodes
+    for key in [k for k in content["payload"] if k.startswith(("p/", "q/"))]:
+        content["payload"][key] = np.full_like(content["payload"][key], 3e30)
+    reply = strat.parse_reply(1, pack(content))
+    with pytest.raises(RejectedReply, match="not finite"):
+        strat.decode(reply)
+
+
+def test_negative_batchnorm_variance_is_rejected(tmp_path):
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    strat.buffer_shapes = {"bn.running_var": (4,)}
+    content["buffers"] = {"bn.running_var": np.array([1, 1, -2, 1], np.float32)}
+    with pytest.raises(RejectedReply, match="variance"):
+        strat.parse_reply(1, pack(content))
+
+
+def test_a_failing_attacker_does_not_stop_interception(tmp_path):
+    cfg, model, content = honest("none", **{"intercept-clients": "all"})
+    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    seen = []
+
+    def broken(item):
+        raise RuntimeError("attack blew up")
+
+    strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), on_intercept=[broken, seen.append])
+    replies = []
+    for pid in (0, 5):  # partition 5 of an unknown number of partitions is intercepted too
+        content["metrics"]["partition-id"] = pid
+        reply = strat.parse_reply(pid + 1, pack(content))
+        strat.decode(reply)
+        replies.append(reply)
+    strat.intercept(1, replies, model.state_dict())
+    assert [item.partition_id for item in seen] == [0, 5]
+    assert len(strat.attack_errors) == 2 and "attack blew up" in strat.attack_errors[0]

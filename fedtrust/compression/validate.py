@@ -142,3 +142,5 @@ def validate_dense(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tupl
             raise PayloadError(f"{what}/{key}: {arr.dtype} {tuple(arr.shape)}, expected float32 {tuple(shape)}")
         if not np.isfinite(arr).all():
             raise PayloadError(f"{what}/{key}: holds NaN or Inf")
+        if key.endswith("running_var") and bool((arr < 0).any()):
+            raise PayloadError(f"{what}/{key}: a variance below 0")

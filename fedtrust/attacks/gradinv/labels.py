@@ -70,7 +70,9 @@ def infer_labels(update: Mapping[str, torch.Tensor], num_images: int) -> torch.T
     impact = torch.clamp(sums, max=0.0).sum() * (1.0 + 1.0 / num_classes) / num_images
     labels: list[int] = []
     corrected = sums.clone()
-    for cls in torch.nonzero(sums < 0).flatten().tolist()[:num_images]:
+    negative = torch.nonzero(sums < 0).flatten()
+    # the most negative first: a compressed update can make more classes negative than images
+    for cls in negative[torch.argsort(sums[negative])].tolist()[:num_images]:
         labels.append(int(cls))
         corrected[cls] -= impact
     while len(labels) < num_images:

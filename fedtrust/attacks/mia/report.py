@@ -18,6 +18,7 @@ figures ``mia_roc.png`` and ``mia_update_roc_round{R}_client{P}.png``.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from fedtrust.attacks.mia.blackbox import run_blackbox_mia
 from fedtrust.attacks.mia.result import CSV_COLUMNS, MIAResult, plot_results_roc
 from fedtrust.attacks.mia.update_attack import run_update_mia
 from fedtrust.interception import InterceptedUpdate
+
+log = logging.getLogger(__name__)
 
 MIA_COLUMNS = (*CSV_COLUMNS, "compressor", "level", "round", "seed")
 
@@ -96,6 +99,11 @@ class MIAReport:
         """Update attacks on one intercepted client update."""
         if item.batch_indices is None:
             return []  # FedAvg updates hold no single batch to test against
+        if len(item.batch_indices) < 2:
+            log.info("update MIA skipped for round %d client %d: its batch holds %d sample(s), "
+                     "the attack needs at least 2 members", item.round, item.partition_id,
+                     len(item.batch_indices))
+            return []
         idx = torch.as_tensor(np.asarray(item.batch_indices, dtype=np.int64))
         gen = torch.Generator().manual_seed(self.seed * 7919 + item.round * 101 + item.partition_id)
         non = torch.randperm(len(self.test_x), generator=gen)[:self.update_nonmembers]

@@ -43,7 +43,7 @@ def compute_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
                     batch_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
     """Logits of ``model`` on ``x``, batched, in eval mode, without gradients.
 
-    The model's train/eval mode is restored afterwards.
+    The model runs on ``device`` and is moved back, with its train/eval mode restored, afterwards.
 
     Parameters
     ----------
@@ -68,14 +68,15 @@ def compute_outputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = 
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    home = next(model.parameters()).device
+    device = torch.device(device) if device is not None else home
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     try:
-        chunks = [model(x[i:i + batch_size].to(device)).detach().float().cpu()
+        chunks = [model(x[i:i + batch_size].to(device)).float().cpu()
                   for i in range(0, len(x), batch_size)]
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     if not chunks:
         raise ValueError("compute_outputs needs at least one sample")
     return torch.cat(chunks)
