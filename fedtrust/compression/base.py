@@ -245,3 +245,33 @@ class Compressor(ABC):
     def describe(self) -> dict[str, object]:
         """Name and options, for run records."""
         return {"compressor": self.name, "level": self.level, "error_feedback": self.error_feedback}
+
+
+class LevelledCompressor(Compressor):
+    """A compressor whose level decides which tensors it compresses (PowerSGD, Top-K).
+
+    A tensor is compressible when PowerSGD rank ``level`` shrinks it more than
+    ``min_compression_rate`` (:func:`is_compressible`); the others are sent dense.
+    """
+
+    def __init__(self, level: int = 1, layout: Layout | None = None, error_feedback: bool = True,
+                 min_compression_rate: float = MIN_COMPRESSION_RATE) -> None:
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
+        if not float(min_compression_rate) > 0:
+            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        self.min_compression_rate = float(min_compression_rate)
+        if self.layout is not None:
+            check_level(self.layout, self.level, self.min_compression_rate)
+
+    def _layout_for(self, update: Mapping[str, torch.Tensor]) -> Layout:
+        known = self.layout is not None
+        layout = self._ensure_layout(update)
+        if not known:
+            check_level(layout, self.level, self.min_compression_rate)
+        return layout
+
+    def compressible(self) -> list[str]:
+        """Names of the tensors this compressor compresses (the rest are sent dense)."""
+        if self.layout is None:
+            raise RuntimeError(f"{self.name}: layout unknown: encode an update or pass layout=")
+        return compressible_names(self.layout, self.level, self.min_compression_rate)

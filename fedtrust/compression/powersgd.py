@@ -11,6 +11,13 @@ the previous round's ``Q``. The arithmetic follows PyTorch's
 3. ``Q <- M^T P_hat`` (all-reduced across workers),
 4. approximation ``P_hat Q^T``, residual ``M - P_hat Q_i^T`` (Vogels et al., Alg. 2).
 
+One deliberate difference from PyTorch's hook: its residual is taken after the Q
+all-reduce, ``M - P_hat Q_bar^T`` (the averaged Q), which suits data-parallel workers
+that see the same data distribution. Here each client keeps what *its own* message
+did not carry, ``M - P_hat Q_i^T``, the per-worker error of Vogels et al.'s Algorithm 2,
+which stays meaningful for federated clients with different data. With one client,
+and in round 1 (no residual yet, the attacks' setting), the two are the same.
+
 ``orth`` is :func:`orthogonalize`: Gram-Schmidt for rank <= 2, ``torch.linalg.qr``
 otherwise, with epsilon 0, exactly as PyTorch's ``_orthogonalize``.
 
@@ -37,10 +44,9 @@ import torch
 
 from fedtrust.compression.base import (
     MIN_COMPRESSION_RATE,
-    Compressor,
     Layout,
+    LevelledCompressor,
     Payload,
-    check_level,
     compressible_names,
     dense_from_payload,
     from_wire,
@@ -208,7 +214,7 @@ def decode_allreduce(p_hat: Mapping[str, np.ndarray], payload_p: Payload, payloa
 
 
 # ------------------------------------------------------------------ client side
-class PowerSGDCompressor(Compressor):
+class PowerSGDCompressor(LevelledCompressor):
     """PowerSGD with warm start and error feedback (one compressor per client).
 
     Parameters
@@ -239,35 +245,18 @@ class PowerSGDCompressor(Compressor):
     def __init__(self, level: int = 1, layout: Layout | None = None, error_feedback: bool = True,
                  mode: str = "allreduce", seed: int = 0,
                  min_compression_rate: float = MIN_COMPRESSION_RATE) -> None:
-        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not known; allowed: {', '.join(MODES)}")
-        if not float(min_compression_rate) > 0:
-            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback,
+                         min_compression_rate=min_compression_rate)
         self.mode = mode
         self.seed = int(seed)
-        self.min_compression_rate = float(min_compression_rate)
         self._residual: dict[str, torch.Tensor] = {}
         self._warm_q: dict[str, torch.Tensor] = {}
         self._pending: dict[str, torch.Tensor] = {}
         self._public: dict[str, torch.Tensor] = {}
-        if self.layout is not None:
-            check_level(self.layout, self.level, self.min_compression_rate)
 
     # ------------------------------------------------------------ helpers
-    def _layout_for(self, update: Mapping[str, torch.Tensor]) -> Layout:
-        known = self.layout is not None
-        layout = self._ensure_layout(update)
-        if not known:
-            check_level(layout, self.level, self.min_compression_rate)
-        return layout
-
-    def compressible(self) -> list[str]:
-        """Names of the tensors this compressor factorises (the rest are sent dense)."""
-        if self.layout is None:
-            raise RuntimeError("powersgd: layout unknown: encode an update or pass layout=")
-        return compressible_names(self.layout, self.level, self.min_compression_rate)
-
     def _matrix(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """``M = update (+ residual)`` as a float32 ``(n, m)`` matrix on the update's device."""
         m = tensor.detach().to(torch.float32).reshape(matrix_shape(tuple(tensor.shape)))

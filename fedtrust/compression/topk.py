@@ -20,11 +20,9 @@ import torch
 
 from fedtrust.compression.base import (
     MIN_COMPRESSION_RATE,
-    Compressor,
     Layout,
+    LevelledCompressor,
     Payload,
-    check_level,
-    compressible_names,
     dense_from_payload,
     from_wire,
     powersgd_values_per_tensor,
@@ -57,7 +55,7 @@ def _scatter(size: int, indices: np.ndarray, values: np.ndarray, what: str) -> t
     return out
 
 
-class TopKCompressor(Compressor):
+class TopKCompressor(LevelledCompressor):
     """Top-K with PowerSGD rank r's value budget (one compressor per client).
 
     Parameters
@@ -84,31 +82,14 @@ class TopKCompressor(Compressor):
 
     def __init__(self, level: int = 1, layout: Layout | None = None, error_feedback: bool = True,
                  scope: str = "global", min_compression_rate: float = MIN_COMPRESSION_RATE) -> None:
-        super().__init__(level=level, layout=layout, error_feedback=error_feedback)
         if scope not in SCOPES:
             raise ValueError(f"scope={scope!r} is not known; allowed: {', '.join(SCOPES)}")
-        if not float(min_compression_rate) > 0:
-            raise ValueError(f"min_compression_rate must be > 0, got {min_compression_rate}")
+        super().__init__(level=level, layout=layout, error_feedback=error_feedback,
+                         min_compression_rate=min_compression_rate)
         self.scope = scope
-        self.min_compression_rate = float(min_compression_rate)
         self._residual: dict[str, torch.Tensor] = {}
-        if self.layout is not None:
-            check_level(self.layout, self.level, self.min_compression_rate)
 
     # ------------------------------------------------------------ helpers
-    def _layout_for(self, update: Mapping[str, torch.Tensor]) -> Layout:
-        known = self.layout is not None
-        layout = self._ensure_layout(update)
-        if not known:
-            check_level(layout, self.level, self.min_compression_rate)
-        return layout
-
-    def compressible(self) -> list[str]:
-        """Names of the tensors that are sparsified (the rest are sent dense)."""
-        if self.layout is None:
-            raise RuntimeError("topk: layout unknown: encode an update or pass layout=")
-        return compressible_names(self.layout, self.level, self.min_compression_rate)
-
     def budgets(self) -> dict[str, int]:
         """Values sent per compressible tensor: PowerSGD rank r's ``r * (n + m)``."""
         per_tensor = powersgd_values_per_tensor(self.layout, self.level, self.min_compression_rate)
