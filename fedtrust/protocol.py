@@ -12,7 +12,8 @@ Reply (client -> server):
     ``buffers``  BatchNorm running statistics, dense
     ``audit``    ``batch-indices`` of a FedSGD batch, for scoring attacks only
     ``metrics``  ``num-examples``, ``train-loss``, ``uplink-bytes``, ``dense-bytes``,
-                 ``buffer-bytes``, ``partition-id``
+                 ``buffer-bytes``, ``partition-id``, ``num-partitions`` (the server checks the
+                 ids and losses and measures the bytes itself)
 Second exchange, PowerSGD allreduce only, message type ``train.powersgd_q``:
     ``p-hat``    the orthogonalised mean P (server -> client)
     ``payload``  Q_i = M_i^T P-hat (client -> server), with ``metrics``

@@ -84,7 +84,7 @@ def _check_finite(update: dict[str, torch.Tensor]) -> None:
     """Finite arrays can still decode (or average) to Inf: refuse that before it reaches the model."""
     for name, tensor in update.items():
         if not bool(torch.isfinite(tensor).all()):
-            raise RejectedReply(f"the decoded update is not finite ({name})")
+            raise RejectedReply(f"not finite: {name}")
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -360,9 +360,19 @@ class CompressedFedAvg(FedAvg):
                 rejected += 1
                 log(WARNING, "round %d: rejected powersgd_q reply of node %d: %s", server_round,
                     msg.metadata.src_node_id, err)
-        if done:  # the shared warm start of the next round: weighted mean of the clients' Q
-            self.q_shared = psgd.aggregate_q([Payload(r.payload) for r in done], [r.weight for r in done])
+        if done and not self.update_warm_start(done):
+            log(WARNING, "round %d: the clients' Q do not average to a finite Q: %d replies rejected, "
+                "the warm start stays as it was", server_round, len(done))
+            return [], rejected + len(done), failed
         return done, rejected, failed
+
+    def update_warm_start(self, done: list[ClientReply]) -> bool:
+        """Set the next round's shared Q to the weighted mean of the clients' Q, if it is finite."""
+        q_bar = psgd.aggregate_q([Payload(r.payload) for r in done], [r.weight for r in done])
+        if not all(np.isfinite(v).all() for v in q_bar.values()):
+            return False  # one hostile Q must not poison every later round's warm start
+        self.q_shared = q_bar
+        return True
 
     # ------------------------------------------------------------------ interception
     def intercept(self, server_round: int, replies: list[ClientReply],
@@ -401,13 +411,14 @@ class CompressedFedAvg(FedAvg):
         """Step the global model with the weighted mean update and average BatchNorm statistics."""
         weights = [r.weight for r in replies]
         mean_update = weighted_mean([r.decoded for r in replies], weights)
-        _check_finite(mean_update)
         step = self.cfg.server_lr * (self.cfg.lr if self.cfg.local_mode == "fedsgd" else 1.0)
         new_state = apply_update(global_state, mean_update, step)
+        _check_finite(new_state)  # finite updates can still step the model out of float32's range
         with_buffers = [r for r in replies if r.buffers]
         if with_buffers:
             means = weighted_mean([{k: torch.from_numpy(v) for k, v in r.buffers.items()} for r in with_buffers],
                                   [r.weight for r in with_buffers])
+            _check_finite(means)
             for name, value in means.items():
                 if name in new_state and new_state[name].shape == value.shape:
                     new_state[name] = value.to(new_state[name].dtype)
@@ -429,6 +440,7 @@ class CompressedFedAvg(FedAvg):
             "trained_indices": [torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in self.trained_indices],
             "partitions_seen": sorted(int(p) for p in self.partitions_seen),
             "num_partitions_reported": int(self.num_partitions_reported),
+            "attack_errors": list(self.attack_errors),
         }
         path = self.run_folder.path / "checkpoint.pt"
         tmp = path.with_suffix(".pt.tmp")
@@ -443,6 +455,7 @@ class CompressedFedAvg(FedAvg):
         self.trained_indices = [t.numpy() for t in blob["trained_indices"]]
         self.partitions_seen = set(blob["partitions_seen"])
         self.num_partitions_reported = int(blob.get("num_partitions_reported", 0))
+        self.attack_errors = [str(e) for e in blob.get("attack_errors", [])]
         self.run_folder.truncate_rounds(int(blob["round"]))
         return int(blob["round"]) + 1, blob["global_state"]
 
@@ -477,8 +490,10 @@ class CompressedFedAvg(FedAvg):
                     state = self.aggregate(state, accepted)
                     stepped = True
                 except RejectedReply as err:
-                    log(WARNING, "round %d: the mean update is unusable (%s): global model unchanged",
-                        server_round, err)
+                    log(WARNING, "round %d: the mean update is unusable (%s): its %d replies rejected, "
+                        "global model unchanged", server_round, err, len(accepted))
+                    outcome.rejected += len(accepted)
+                    accepted = []
             if stepped:
                 self.partitions_seen |= {r.partition_id for r in accepted}
                 self.num_partitions_reported = max([self.num_partitions_reported]

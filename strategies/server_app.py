@@ -7,7 +7,7 @@ initial global model from the run's seed and runs :class:`CompressedFedAvg`.
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -130,6 +130,9 @@ def main(grid: Grid, context: Context) -> None:
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)
+        if report.missing_clients():
+            log(WARNING, "gradient inversion: attack-clients %s were never attacked (no such partition, "
+                "not sampled, or no usable reply in round %d)", sorted(report.missing_clients()), cfg.attack_round)
     if mia is not None:
         members = member_indices(cfg, train.labels, strategy)
         log(INFO, "membership inference on the final model: %d member candidates", len(members))

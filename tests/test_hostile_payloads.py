@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedtrust import protocol
 from fedtrust.compression import get_compressor, layout_of
@@ -146,11 +146,15 @@ def test_hostile_identity_metrics_are_rejected(field, value, reason, tmp_path):
 def test_claimed_byte_counts_are_ignored_for_measured_ones(tmp_path):
     cfg, model, content = honest("topk")
     strat = strategy_for(cfg, model, tmp_path)
+    strat.buffer_shapes = {"bn.running_mean": (4,)}
+    content["buffers"] = {"bn.running_mean": np.zeros(4, np.float32)}
     sent = sum(a.nbytes for a in content["payload"].values())
-    content["metrics"]["uplink-bytes"] = 1  # a client that claims to send almost nothing
+    # a client that claims to send almost nothing, and a dense model of any size it likes
+    content["metrics"].update({"uplink-bytes": 1, "dense-bytes": 7, "buffer-bytes": 10**9})
     reply = strat.parse_reply(1, pack(content))
     assert reply.metrics["uplink-bytes"] == sent
     assert reply.metrics["dense-bytes"] == 4 * sum(p.numel() for p in model.parameters())
+    assert reply.metrics["buffer-bytes"] == 16
 
 
 @pytest.mark.parametrize(("indices", "reason"), [
@@ -188,6 +192,15 @@ def test_unreadable_arrays_are_rejected_not_raised(tmp_path):
     rd = pack(content)
     rd[protocol.PAYLOAD]["dense/fc.bias"] = Array(dtype="float32", shape=(10,), stype="numpy.ndarray", data=b"")
     with pytest.raises(RejectedReply, match="unreadable"):
+        strat.parse_reply(1, rd)
+
+
+def test_a_record_of_the_wrong_kind_is_rejected_not_raised(tmp_path):
+    cfg, model, content = honest("none")
+    strat = strategy_for(cfg, model, tmp_path)
+    rd = pack(content)
+    rd[protocol.PAYLOAD] = ConfigRecord({"dense/fc.bias": 1.0})  # not arrays at all
+    with pytest.raises(RejectedReply, match="unreadable reply"):
         strat.parse_reply(1, rd)
 
 
@@ -231,3 +244,51 @@ def test_a_failing_attacker_does_not_stop_interception(tmp_path):
     strat.intercept(1, replies, model.state_dict())
     assert [item.partition_id for item in seen] == [0, 5]
     assert len(strat.attack_errors) == 2 and "attack blew up" in strat.attack_errors[0]
+
+
+def _accepted(strat, content, node_ids=(1, 2)):
+    replies = []
+    for node in node_ids:
+        content["metrics"]["partition-id"] = node - 1
+        reply = strat.parse_reply(node, pack(content))
+        replies.append(reply)
+    return replies
+
+
+def test_finite_updates_that_step_the_model_to_inf_are_refused(tmp_path):
+    _, model, content = honest("none")
+    cfg = parse_run_config({"model": "convnet", "batch-size": 8, "server-lr": 100.0})  # step 10
+    strat = strategy_for(cfg, model, tmp_path)
+    for key in content["payload"]:
+        content["payload"][key] = np.full_like(content["payload"][key], 3e38)  # finite, the sum is not
+    replies = _accepted(strat, content)
+    for reply in replies:
+        strat.decode(reply)
+    with pytest.raises(RejectedReply, match="not finite"):
+        strat.aggregate(model.state_dict(), replies)
+
+
+def test_powersgd_p_that_average_to_inf_reject_the_round_before_the_second_exchange(tmp_path):
+    cfg, model, content = honest("powersgd")
+    strat = strategy_for(cfg, model, tmp_path)
+    for key in [k for k in content["payload"] if k.startswith("p/")]:
+        content["payload"][key] = np.full_like(content["payload"][key], 3e38)
+    replies = _accepted(strat, content)
+    # returns before any message is sent: no grid is needed
+    assert strat._powersgd_second_exchange(None, 1, replies, timeout=1.0) == ([], 2, 0)
+
+
+def test_a_q_that_averages_to_inf_does_not_become_the_warm_start(tmp_path):
+    cfg, model, content = honest("powersgd")
+    strat = strategy_for(cfg, model, tmp_path)
+    before = {k: v.copy() for k, v in strat.q_shared.items()}
+    replies = _accepted(strat, content)
+    for reply in replies:
+        reply.payload = {**reply.payload,
+                         **{f"q/{k}": np.full_like(v, 3e38) for k, v in strat.q_shared.items()}}
+    assert not strat.update_warm_start(replies)
+    assert all(np.array_equal(strat.q_shared[k], before[k]) for k in before)
+    for reply in replies:  # honest Q's are taken
+        reply.payload.update({f"q/{k}": np.ones_like(v) for k, v in strat.q_shared.items()})
+    assert strat.update_warm_start(replies)
+    assert all(np.allclose(v, 1.0) for v in strat.q_shared.values())

@@ -15,8 +15,9 @@ One deliberate difference from PyTorch's hook: its residual is taken after the Q
 all-reduce, ``M - P_hat Q_bar^T`` (the averaged Q), which suits data-parallel workers
 that see the same data distribution. Here each client keeps what *its own* message
 did not carry, ``M - P_hat Q_i^T``, the per-worker error of Vogels et al.'s Algorithm 2,
-which stays meaningful for federated clients with different data. With one client,
-and in round 1 (no residual yet, the attacks' setting), the two are the same.
+which stays meaningful for federated clients with different data. With one client the
+two are the same; with several, what is sent in round 1 (no residual yet, the attacks'
+setting) is the same, and the residuals carried into round 2 differ.
 
 ``orth`` is :func:`orthogonalize`: Gram-Schmidt for rank <= 2, ``torch.linalg.qr``
 otherwise, with epsilon 0, exactly as PyTorch's ``_orthogonalize``.

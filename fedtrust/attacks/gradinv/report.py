@@ -154,6 +154,13 @@ class GradInvReport:
                 writer.writeheader()
             writer.writerows(rows)
 
+    def missing_clients(self) -> set[int]:
+        """Chosen clients (``clients``) whose update was never attacked: not in the federation,
+        not sampled, or failed in the attack round."""
+        if self.clients is None:
+            return set()
+        return set(self.clients) - {item.partition_id for item, *_ in self.results}
+
     def write_grid(self, path: Path | None = None) -> Path | None:
         """Originals above each attacker's reconstructions (one column per attacked image)."""
         if not self.results:
