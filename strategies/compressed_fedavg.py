@@ -18,7 +18,8 @@ A Flower Message-API strategy built on :class:`flwr.serverapp.strategy.FedAvg`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 
@@ -42,7 +43,7 @@ from fedtrust import protocol
 from fedtrust.compression import Payload, get_compressor
 from fedtrust.compression import powersgd as psgd
 from fedtrust.compression.base import Layout
-from fedtrust.compression.validate import PayloadError, validate_dense, validate_payload
+from fedtrust.compression.validate import PayloadError, validate_dense, validate_indices, validate_payload
 from fedtrust.config import RunConfig
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.records import RunFolder
@@ -87,9 +88,21 @@ def _check_finite(update: dict[str, torch.Tensor]) -> None:
             raise RejectedReply(f"not finite: {name}")
 
 
-def _finite_mean(values: list[float]) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+def _all_finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(np.isfinite(v).all() for v in arrays.values())
+
+
+@contextmanager
+def _refusing() -> Iterator[None]:
+    """Turn whatever a malformed reply makes the server's code raise into a :class:`RejectedReply`."""
+    try:
+        yield
+    except RejectedReply:
+        raise
+    except PayloadError as err:
+        raise RejectedReply(str(err)) from err
+    except Exception as err:  # arrays that do not deserialise, records of the wrong kind, ...
+        raise RejectedReply(f"unreadable reply: {type(err).__name__}: {err}") from err
 
 
 @dataclass
@@ -155,7 +168,6 @@ class CompressedFedAvg(FedAvg):
         self.on_intercept = list(on_intercept)
         self.resume_from = resume_from
         self.num_train = num_train
-        self.dense_nbytes = 4 * sum(int(np.prod(shape)) for _, shape in layout)
         self.decoder = get_compressor(cfg.compressor, level=cfg.level, layout=layout,
                                       **cfg.compressor_options())
         self.allreduce = cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
@@ -201,14 +213,8 @@ class CompressedFedAvg(FedAvg):
         the run's configuration allows; whatever a malformed reply makes the parsing
         raise becomes a :class:`RejectedReply` too, so no reply can stop the server.
         """
-        try:
+        with _refusing():
             return self._parse_reply(node_id, content)
-        except RejectedReply:
-            raise
-        except PayloadError as err:
-            raise RejectedReply(str(err)) from err
-        except Exception as err:  # arrays or records that do not even deserialise
-            raise RejectedReply(f"unreadable reply: {type(err).__name__}: {err}") from err
 
     def _parse_reply(self, node_id: int, content: RecordDict) -> ClientReply:
         for key in (protocol.PAYLOAD, protocol.METRICS):
@@ -243,7 +249,7 @@ class CompressedFedAvg(FedAvg):
         metrics.update({"num-examples": float(weight), "train-loss": float(train_loss),
                         "partition-id": partition_id, "num-partitions": num_partitions,
                         "uplink-bytes": float(sum(a.nbytes for a in payload.values())),
-                        "dense-bytes": float(self.dense_nbytes),
+                        "dense-bytes": float(self.decoder.dense_nbytes()),
                         "buffer-bytes": float(sum(a.nbytes for a in buffers.values()))})
         return ClientReply(node_id=node_id, partition_id=partition_id, weight=float(weight),
                            payload=payload, buffers=buffers, metrics=metrics, batch_indices=batch_indices)
@@ -256,18 +262,13 @@ class CompressedFedAvg(FedAvg):
             raise RejectedReply("batch-indices must be a 1-D int64 array")
         if len(indices) != int(weight):
             raise RejectedReply(f"{len(indices)} batch-indices for num-examples={weight}")
-        bound = self.num_train if self.num_train is not None else np.iinfo(np.int64).max
-        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= bound):
-            raise RejectedReply(f"batch-indices outside 0..{bound - 1}")
-        if np.unique(indices).size != indices.size:
-            raise RejectedReply("repeated batch-indices")
+        validate_indices(indices, self.num_train if self.num_train is not None else np.iinfo(np.int64).max,
+                         "batch-indices")
 
     def decode(self, reply: ClientReply) -> None:
         """Decode a one-exchange reply (none, Top-K, PowerSGD local) in place."""
-        try:
+        with _refusing():
             reply.decoded = self.decoder.decode(Payload(reply.payload))
-        except (KeyError, ValueError, RuntimeError, IndexError) as err:
-            raise RejectedReply(f"payload does not decode: {err}") from err
         _check_finite(reply.decoded)
         if self.cfg.compressor == "powersgd":  # local mode: the client's own Q and P
             q_used = self.q_last.get(reply.node_id, self.q_shared or {})
@@ -319,7 +320,7 @@ class CompressedFedAvg(FedAvg):
                                   timeout: float) -> tuple[list[ClientReply], int, int]:
         """PowerSGD allreduce: average and orthogonalise P, send P-hat, receive and decode Q_i."""
         p_hat = psgd.aggregate_p([Payload(r.payload) for r in accepted], [r.weight for r in accepted])
-        if not all(np.isfinite(v).all() for v in p_hat.values()):
+        if not _all_finite(p_hat):
             # finite P's whose weighted mean overflows: no decodable update this round
             log(WARNING, "round %d: the clients' P do not average to a finite P-hat: %d replies rejected",
                 server_round, len(accepted))
@@ -341,15 +342,11 @@ class CompressedFedAvg(FedAvg):
                     raise RejectedReply("reply from a node that was not asked")
                 if protocol.PAYLOAD not in msg.content:
                     raise RejectedReply("record 'payload' is missing")
-                try:
+                with _refusing():
                     q_payload = _from_record(msg.content[protocol.PAYLOAD])
                     validate_payload(q_payload, self.spec, self.layout, phase="q")
                     reply.decoded = psgd.decode_allreduce(p_hat, Payload(reply.payload),
                                                           Payload(q_payload), self.layout)
-                except PayloadError as err:
-                    raise RejectedReply(str(err)) from err
-                except Exception as err:  # whatever a malformed reply makes decoding raise
-                    raise RejectedReply(f"unreadable or undecodable reply: {type(err).__name__}: {err}") from err
                 _check_finite(reply.decoded)
                 reply.payload = {**reply.payload, **q_payload}
                 reply.metrics["uplink-bytes"] += float(sum(a.nbytes for a in q_payload.values()))
@@ -369,7 +366,7 @@ class CompressedFedAvg(FedAvg):
     def update_warm_start(self, done: list[ClientReply]) -> bool:
         """Set the next round's shared Q to the weighted mean of the clients' Q, if it is finite."""
         q_bar = psgd.aggregate_q([Payload(r.payload) for r in done], [r.weight for r in done])
-        if not all(np.isfinite(v).all() for v in q_bar.values()):
+        if not _all_finite(q_bar):
             return False  # one hostile Q must not poison every later round's warm start
         self.q_shared = q_bar
         return True
@@ -484,29 +481,28 @@ class CompressedFedAvg(FedAvg):
             outcome = self.train_round(grid, server_round, arrays, timeout)
             accepted = outcome.accepted
             self.intercept(server_round, accepted, state)
-            stepped = False
-            if len(accepted) >= self.min_train_nodes:
+            if len(accepted) < self.min_train_nodes:
+                log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
+                    server_round, len(accepted), self.min_train_nodes)
+            else:
                 try:
                     state = self.aggregate(state, accepted)
-                    stepped = True
                 except RejectedReply as err:
                     log(WARNING, "round %d: the mean update is unusable (%s): its %d replies rejected, "
                         "global model unchanged", server_round, err, len(accepted))
                     outcome.rejected += len(accepted)
                     accepted = []
-            if stepped:
-                self.partitions_seen |= {r.partition_id for r in accepted}
-                self.num_partitions_reported = max([self.num_partitions_reported]
-                                                   + [int(r.metrics["num-partitions"]) for r in accepted])
-                self.trained_indices += [r.batch_indices for r in accepted if r.batch_indices is not None]
-            elif len(accepted) < self.min_train_nodes:
-                log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
-                    server_round, len(accepted), self.min_train_nodes)
+                else:
+                    self.partitions_seen |= {r.partition_id for r in accepted}
+                    self.num_partitions_reported = max([self.num_partitions_reported]
+                                                       + [int(r.metrics["num-partitions"]) for r in accepted])
+                    self.trained_indices += [r.batch_indices for r in accepted if r.batch_indices is not None]
             test_loss, test_acc = (self.evaluate_fn(server_round, state) if self.evaluate_fn
                                    else (float("nan"), float("nan")))
             row = {
                 "round": server_round, "test_accuracy": round(test_acc, 6), "test_loss": round(test_loss, 6),
-                "train_loss": round(_finite_mean([r.metrics["train-loss"] for r in accepted]), 6),
+                "train_loss": round(float(np.mean([r.metrics["train-loss"] for r in accepted]))
+                                    if accepted else float("nan"), 6),
                 "clients": len(accepted), "rejected": outcome.rejected, "failed": outcome.failed,
                 "uplink_bytes": int(sum(r.metrics["uplink-bytes"] for r in accepted)),
                 "dense_bytes": int(sum(r.metrics["dense-bytes"] for r in accepted)),

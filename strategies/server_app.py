@@ -130,9 +130,10 @@ def main(grid: Grid, context: Context) -> None:
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)
-        if report.missing_clients():
+        missing = report.missing_clients()
+        if missing:
             log(WARNING, "gradient inversion: attack-clients %s were never attacked (no such partition, "
-                "not sampled, or no usable reply in round %d)", sorted(report.missing_clients()), cfg.attack_round)
+                "not sampled, or no usable reply in round %d)", sorted(missing), cfg.attack_round)
     if mia is not None:
         members = member_indices(cfg, train.labels, strategy)
         log(INFO, "membership inference on the final model: %d member candidates", len(members))

@@ -124,11 +124,15 @@ def validate_payload(arrays: Mapping[str, np.ndarray], spec: Mapping[str, Any], 
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise PayloadError(f"{key}: holds NaN or Inf")
         if key == "indices" or key.startswith("indices/"):
-            bound = _index_bounds(key, layout, level, rate)
-            if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= bound):
-                raise PayloadError(f"{key}: indices outside 0..{bound - 1}")
-            if np.unique(arr).size != arr.size:
-                raise PayloadError(f"{key}: repeated indices")
+            validate_indices(arr, _index_bounds(key, layout, level, rate), key)
+
+
+def validate_indices(arr: np.ndarray, bound: int, what: str) -> None:
+    """Distinct indices in ``0..bound-1`` (Top-K positions, a FedSGD batch's samples)."""
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= bound):
+        raise PayloadError(f"{what}: indices outside 0..{bound - 1}")
+    if np.unique(arr).size != arr.size:
+        raise PayloadError(f"{what}: repeated indices")
 
 
 def validate_dense(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[int, ...]],
