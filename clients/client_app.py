@@ -24,11 +24,12 @@ from flwr.clientapp import ClientApp
 
 from fedtrust import protocol
 from fedtrust.compression import Compressor, get_compressor, layout_of
-from fedtrust.config import RunConfig, parse_run_config
+from fedtrust.config import RunConfig, check_data_paths, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.training import (
     buffer_state,
+    client_seed,
     fedavg_train,
     fedsgd_step,
     parameter_names,
@@ -60,6 +61,26 @@ def _partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
     return pid, num
 
 
+def _run_config(context: Context) -> RunConfig:
+    """The run config, its data folders checked here, where the data is read.
+
+    A node's ``--node-config data-dir`` wins over the run config's ``data-dir`` (which may
+    name a folder that exists only on the server).
+    """
+    cfg = parse_run_config(context.run_config, check_paths=False)
+    node_dir = str(context.node_config.get("data-dir", ""))
+    if node_dir:
+        check_data_paths(cfg.dataset, node_dir, where="node config data-dir")
+    else:
+        check_data_paths(cfg.dataset, cfg.data_dir)
+    return cfg
+
+
+def _data_dir(context: Context, cfg: RunConfig) -> str | None:
+    """The folder this node reads its data from (its node config's, else the run config's)."""
+    return str(context.node_config.get("data-dir", "") or cfg.data_dir) or None
+
+
 def _compressor(context: Context, cfg: RunConfig, layout) -> Compressor:
     """The node's compressor, with its state restored from ``Context.state``."""
     comp = get_compressor(cfg.compressor, level=cfg.level, layout=layout, **cfg.compressor_options())
@@ -85,14 +106,12 @@ def _inject_fault(context: Context, server_round: int) -> None:
 def train(msg: Message, context: Context) -> Message:
     """Compute, compress and send this round's update."""
     t0 = time.perf_counter()
-    cfg = parse_run_config(context.run_config)
+    cfg = _run_config(context)
     server_round = int(msg.content[protocol.CONFIG]["server-round"])
     pid, num_partitions = _partition(context, cfg)
     _inject_fault(context, server_round)
     device = select_device(cfg.device)
-    data_dir = str(context.node_config.get("data-dir", cfg.data_dir)) or None
-
-    data = load_dataset(cfg.dataset, "train", data_dir=data_dir)
+    data = load_dataset(cfg.dataset, "train", data_dir=_data_dir(context, cfg))
     indices = partition_indices(data.labels, num_partitions, pid, partitioner=cfg.partitioner,
                                 alpha=cfg.dirichlet_alpha, seed=cfg.seed)
     x, y = data.to_tensors(indices)
@@ -103,7 +122,7 @@ def train(msg: Message, context: Context) -> Message:
     model.load_state_dict(state)
     model.to(device)
 
-    seed = cfg.seed * 1_000_003 + server_round * 1009 + pid
+    seed = client_seed(cfg.seed, server_round, pid)
     if cfg.local_mode == "fedsgd":
         batch = cfg.batch_size
         if server_round == cfg.attack_round and cfg.attacks_client(pid):
@@ -147,12 +166,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.train(protocol.POWERSGD_Q_ACTION)
 def train_powersgd_q(msg: Message, context: Context) -> Message:
     """PowerSGD allreduce, second exchange: send Q_i = M_i^T P-hat for the server's P-hat."""
-    cfg = parse_run_config(context.run_config)
+    cfg = _run_config(context)
     pid, _ = _partition(context, cfg)
     if protocol.COMPRESSOR_STATE not in context.state:
         raise RuntimeError("train.powersgd_q arrived before this node's first PowerSGD exchange")
     p_hat = _from_record(msg.content[protocol.P_HAT])
-    data = load_dataset(cfg.dataset, "train", data_dir=str(context.node_config.get("data-dir", cfg.data_dir)) or None)
+    data = load_dataset(cfg.dataset, "train", data_dir=_data_dir(context, cfg))
     model = get_model(cfg.model, num_classes=data.spec.num_classes, in_channels=data.spec.channels)
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
     comp = _compressor(context, cfg, layout)

@@ -29,6 +29,16 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 ATTACKS = ("none", "gradinv")
 ATTACKERS = ("naive", "adaptive", "both")
 ATTACK_LABELS = ("given", "infer")
+MAX_NORM_ACTIONS = ("refuse", "clip")
+
+#: The largest seed: clients derive per-round seeds as ``seed * 1_000_003 + round * 1009 + partition``,
+#: which must stay below 2**63 (torch's generators) for every round and partition.
+MAX_SEED = 2**32 - 1
+#: The largest value of any other integer key (rounds, sizes, levels, ...).
+MAX_INT = 2**31 - 1
+#: Keys whose change cannot alter a resumed run's results (``resume`` itself, where the data,
+#: the run folder and the server's device are, how long to wait for a reply).
+RESUME_FREE_KEYS = ("resume", "data-dir", "output-dir", "device", "round-timeout")
 
 
 class ConfigError(ValueError):
@@ -73,6 +83,9 @@ class RunConfig:
     run_name: str = ""
     resume: bool = False
     round_timeout: float = 600.0
+    # robust aggregation (what one client can do to the global model)
+    max_norm_ratio: float = 10.0
+    max_norm_action: str = "refuse"
     # gradient inversion (issue: the server reconstructs clients' images)
     attack: str = "none"
     attack_round: int = 1
@@ -192,6 +205,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "attack": ATTACKS,
     "attacker": ATTACKERS,
     "attack_labels": ATTACK_LABELS,
+    "max_norm_action": MAX_NORM_ACTIONS,
 }
 
 
@@ -205,15 +219,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return value.lower() == "true"
         raise ConfigError(f"{key}={value!r} must be true or false")
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{key}={value!r} must be an integer") from None
-        if not as_float.is_integer():
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        return int(as_float)
+        return _coerce_int(key, value)
     if kind is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}={value!r} must be a number")
@@ -227,12 +233,37 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return str(value)
 
 
-def _check_range(cfg: RunConfig) -> None:
+def _coerce_int(key: str, value: Any) -> int:
+    """An integer key's value, exactly: ints as they are, integral floats only where exact (|x| <= 2**53)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{key}={value!r} must be an integer") from None
+    if isinstance(value, float):
+        if not (math.isfinite(value) and value.is_integer()):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        if abs(value) > 2**53:
+            raise ConfigError(f"{key}={value!r} is a float too large to be an exact integer; "
+                              "write it as an integer (no exponent, no decimal point)")
+        return int(value)
+    raise ConfigError(f"{key}={value!r} must be an integer")
+
+
+def _check_range(cfg: RunConfig, check_paths: bool = True) -> None:
     def need(cond: bool, key: str, value: Any, allowed: str) -> None:
         if not cond:
             raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
 
-    need(cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    need(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in 0..{MAX_SEED} (2**32 - 1)")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name != "seed" and isinstance(value, int) and not isinstance(value, bool):
+            need(value <= MAX_INT, f.name.replace("_", "-"), value, f"an integer <= {MAX_INT} (2**31 - 1)")
     need(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "an integer >= 1")
     need(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train, "a number in (0, 1]")
     need(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "an integer >= 1")
@@ -250,22 +281,19 @@ def _check_range(cfg: RunConfig) -> None:
     need(not cfg.resume or cfg.run_name != "", "resume", cfg.resume,
          "true only together with run-name (the folder under output-dir to continue)")
     need(cfg.output_dir.strip() != "", "output-dir", cfg.output_dir, "a folder path")
-    need(all(c.isalnum() or c in "-_." for c in cfg.run_name), "run-name", cfg.run_name,
-         "letters, digits, '-', '_' and '.' (or empty for an automatic name)")
+    need(cfg.run_name == "" or (cfg.run_name[0].isalnum() and all(c.isalnum() or c in "-_." for c in cfg.run_name)),
+         "run-name", cfg.run_name,
+         "letters, digits, '-', '_' and '.', starting with a letter or digit (or empty for an automatic name)")
+    need(cfg.max_norm_ratio == 0 or cfg.max_norm_ratio >= 1, "max-norm-ratio", cfg.max_norm_ratio,
+         "0 (off) or a number >= 1 (a client's update norm may be at most this many times the round's median)")
     dev = cfg.device
     need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
          "device", dev, ", ".join(DEVICES))
     ds = cfg.dataset
     need(ds in BUILTIN_DATASETS or (ds.startswith("folder:") and len(ds) > len("folder:")),
          "dataset", ds, ", ".join(DATASETS))
-    if cfg.data_dir and not Path(cfg.data_dir).expanduser().is_dir():
-        raise ConfigError(
-            f"data-dir={cfg.data_dir!r} is not a folder. Give the folder that holds the data "
-            "(e.g. <data-dir>/cifar-10-batches-py/), or leave it empty to use the defaults; "
-            "see README 'Data'.")
-    if ds.startswith("folder:") and not Path(ds[len("folder:"):]).expanduser().is_dir():
-        raise ConfigError(f"dataset={ds!r}: {ds[len('folder:'):]!r} is not a folder "
-                          "(expected an ImageFolder tree: one sub-folder of images per class)")
+    if check_paths:
+        check_data_paths(cfg.dataset, cfg.data_dir)
     need(1 <= cfg.attack_round <= cfg.num_server_rounds, "attack-round", cfg.attack_round,
          f"a round in 1..{cfg.num_server_rounds} (num-server-rounds)")
     need(cfg.attack_images >= 1, "attack-images", cfg.attack_images, "an integer >= 1")
@@ -282,10 +310,41 @@ def _check_range(cfg: RunConfig) -> None:
         _parse_selection(cfg.attack_clients, "attack-clients", range(10**9))
 
 
-def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
+def check_data_paths(dataset: str, data_dir: str, where: str = "data-dir") -> None:
+    """Check, on the machine that reads the data, that its folders exist.
+
+    ``where`` names the setting ``data_dir`` came from (the run config's ``data-dir`` or a
+    SuperNode's ``--node-config data-dir``), for the message.
+    """
+    if data_dir and not Path(data_dir).expanduser().is_dir():
+        raise ConfigError(
+            f"{where}={data_dir!r} is not a folder on this machine. Give the folder that holds the data "
+            "(e.g. <data-dir>/cifar-10-batches-py/), or leave it empty to use the defaults; "
+            "see README 'Data'.")
+    if dataset.startswith("folder:") and not Path(dataset[len("folder:"):]).expanduser().is_dir():
+        raise ConfigError(f"dataset={dataset!r}: {dataset[len('folder:'):]!r} is not a folder on this machine "
+                          "(expected an ImageFolder tree: one sub-folder of images per class)")
+
+
+def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any],
+                       ignore: tuple[str, ...] = RESUME_FREE_KEYS) -> list[str]:
+    """``key: stored -> new`` for every key (but ``ignore``) whose value differs, for a resume check."""
+    out = []
+    for key in sorted(set(stored) | set(new)):
+        if key in ignore:
+            continue
+        old, value = stored.get(key, "<absent>"), new.get(key, "<absent>")
+        if old != value:
+            out.append(f"{key}: {old!r} -> {value!r}")
+    return out
+
+
+def parse_run_config(raw: Mapping[str, Any], check_paths: bool = True) -> RunConfig:
     """Validate Flower's run config and return a :class:`RunConfig`.
 
-    Unknown keys are errors (a typo would otherwise be silently ignored).
+    Unknown keys are errors (a typo would otherwise be silently ignored). With
+    ``check_paths=False`` the data folders are not checked: a ClientApp checks the folder
+    it reads itself (its node's ``data-dir`` wins over the run config's).
     """
     defaults = RunConfig()
     by_key = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(RunConfig)}
@@ -301,5 +360,5 @@ def parse_run_config(raw: Mapping[str, Any]) -> RunConfig:
             raise ConfigError(f"{key}={coerced!r} is not known; allowed: {', '.join(_CHOICES[name])}")
         values[name] = coerced
     cfg = dataclasses.replace(defaults, **values)
-    _check_range(cfg)
+    _check_range(cfg, check_paths=check_paths)
     return cfg

@@ -9,6 +9,7 @@ images were really in the batch) and must never be used by an attack.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,12 @@ class InterceptedUpdate:
     public_state: dict[str, np.ndarray] = field(default_factory=dict)
     batch_indices: np.ndarray | None = None
 
-    def save(self, path: str | Path) -> Path:
-        """Write to ``path`` (``torch.save``; readable with ``weights_only=True``)."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write to ``path`` (``torch.save``; readable with ``weights_only=True``).
+
+        An existing file is never replaced unless ``overwrite``: the new file is linked into
+        place, which fails atomically (``FileExistsError``) when the name is taken.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = asdict(self)
@@ -74,7 +79,15 @@ class InterceptedUpdate:
         blob["format_version"] = FORMAT_VERSION
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(blob, tmp)
-        tmp.replace(path)
+        if overwrite:
+            tmp.replace(path)
+            return path
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path} exists: an intercepted update is never overwritten") from None
+        finally:
+            tmp.unlink()
         return path
 
     @classmethod

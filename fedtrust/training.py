@@ -58,6 +58,16 @@ def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
     return grads, float(loss.detach())
 
 
+def client_seed(seed: int, server_round: int, partition_id: int) -> int:
+    """The seed of a client's batch draw (FedSGD) or shuffling (FedAvg) in one round.
+
+    ``seed * 1_000_003 + round * 1009 + partition``: below 2**63 for every seed the run
+    config allows (<= 2**32 - 1) and rounds and partitions up to 2**31 - 1, so numpy's and
+    torch's generators both take it.
+    """
+    return seed * 1_000_003 + server_round * 1009 + partition_id
+
+
 def fedsgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
                 generator: np.random.Generator, indices: np.ndarray) -> LocalResult:
     """FedSGD: one gradient on one batch of ``batch_size`` images drawn from the partition.

@@ -7,10 +7,15 @@ A Flower Message-API strategy built on :class:`flwr.serverapp.strategy.FedAvg`
 2. decodes every reply with the run's compressor (PowerSGD ``allreduce`` takes a
    second exchange: the server averages and orthogonalises the clients' P and
    sends P-hat back for their Q),
-3. rejects replies that cannot be decoded or are not finite (logged and counted),
+3. rejects replies that cannot be decoded or are not finite, that claim a partition,
+   a partition count or an example count the run does not have, or that repeat a
+   partition already heard from this round (logged and counted),
 4. hands the updates of the chosen rounds and clients, as an honest-but-curious
    server sees them, to the ``on_intercept`` callbacks and saves them,
-5. steps the global model with the weighted mean of the decoded updates, averages
+5. bounds what one client can do (:mod:`fedtrust.robust`): an update, or a change of
+   BatchNorm statistics, whose norm is above ``max-norm-ratio`` times the round's
+   median is refused or clipped,
+6. steps the global model with the weighted mean of the decoded updates, averages
    the BatchNorm statistics, evaluates on the held-out test split and appends a
    row to ``rounds.csv``.
 """
@@ -18,7 +23,7 @@ A Flower Message-API strategy built on :class:`flwr.serverapp.strategy.FedAvg`
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
@@ -47,6 +52,7 @@ from fedtrust.compression.validate import PayloadError, validate_dense, validate
 from fedtrust.config import RunConfig
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.records import RunFolder
+from fedtrust.robust import NormBound, Verdict, l2_norm
 from fedtrust.training import apply_update, weighted_mean
 
 EvaluateFn = Callable[[int, dict[str, torch.Tensor]], tuple[float, float]]
@@ -118,6 +124,10 @@ class ClientReply:
     batch_indices: np.ndarray | None
     decoded: dict[str, torch.Tensor] = field(default_factory=dict)
     public_state: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The partition count the client reported (0: not reported).
+    num_partitions: int = 0
+    #: The factor the norm bound scaled this update by (1: untouched).
+    scale: float = 1.0
 
 
 @dataclass
@@ -127,6 +137,7 @@ class RoundOutcome:
     accepted: list[ClientReply]
     rejected: int
     failed: int
+    clipped: int = 0
 
 
 class RejectedReply(ValueError):
@@ -151,14 +162,19 @@ class CompressedFedAvg(FedAvg):
     resume_from:
         A ``checkpoint.pt`` of this run folder to continue from (``resume = true``).
     num_train:
-        Size of the train split, when known: bounds the batch indices and the
-        ``num-examples`` a client may claim.
+        Size of the train split, when known: bounds the batch indices, the
+        ``num-examples`` and the ``num-partitions`` a client may claim.
+    partition_size:
+        ``(num_partitions, partition_id) -> size`` of a client's partition of the train
+        split, when the server can compute it: a reply's ``num-examples`` must then be
+        exactly what that partition gives (FedAvg: its size; FedSGD: the batch drawn from it).
     """
 
     def __init__(self, cfg: RunConfig, layout: Layout, run_folder: RunFolder,
                  evaluate_fn: EvaluateFn | None = None,
                  on_intercept: Sequence[InterceptFn] = (), resume_from=None,
-                 num_train: int | None = None) -> None:
+                 num_train: int | None = None,
+                 partition_size: Callable[[int, int], int] | None = None) -> None:
         super().__init__(fraction_train=cfg.fraction_train, fraction_evaluate=0.0,
                          min_train_nodes=cfg.min_clients, min_available_nodes=cfg.min_clients)
         self.cfg = cfg
@@ -168,6 +184,8 @@ class CompressedFedAvg(FedAvg):
         self.on_intercept = list(on_intercept)
         self.resume_from = resume_from
         self.num_train = num_train
+        self.partition_size = partition_size
+        self.bound = NormBound(cfg.max_norm_ratio, cfg.max_norm_action)
         self.decoder = get_compressor(cfg.compressor, level=cfg.level, layout=layout,
                                       **cfg.compressor_options())
         self.allreduce = cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
@@ -182,8 +200,9 @@ class CompressedFedAvg(FedAvg):
         #: Train-split indices the accepted FedSGD replies trained on, and the partitions that took part.
         self.trained_indices: list[np.ndarray] = []
         self.partitions_seen: set[int] = set()
-        #: The number of partitions the clients split the train set into (as they report it).
-        self.num_partitions_reported = 0
+        #: The number of partitions the clients split the train set into: ``num-partitions`` of
+        #: the run config, else the count most replies of the first round reported (0: not yet known).
+        self.num_partitions = cfg.num_partitions
         #: Exceptions raised by ``on_intercept`` callbacks (training goes on; the run fails at the end).
         self.attack_errors: list[str] = []
         self.buffer_shapes: dict[str, tuple[int, ...]] | None = None
@@ -222,8 +241,9 @@ class CompressedFedAvg(FedAvg):
                 raise RejectedReply(f"record {key!r} is missing")
         metrics = dict(content[protocol.METRICS])
         weight = metrics.get("num-examples", 0)
-        if not _is_number(weight) or weight <= 0:
-            raise RejectedReply(f"num-examples={weight!r} is not a positive number")
+        if not _is_number(weight) or weight < 1 or float(weight) != int(weight):
+            raise RejectedReply(f"num-examples={weight!r} is not a positive integer")
+        weight = int(weight)
         max_batch = max(self.cfg.batch_size, self.cfg.attack_images if self.cfg.attack != "none" else 0)
         if self.cfg.local_mode == "fedsgd" and weight > max_batch:
             raise RejectedReply(f"num-examples={weight} exceeds the FedSGD batch-size {max_batch}")
@@ -233,6 +253,11 @@ class CompressedFedAvg(FedAvg):
         num_partitions = _metric_int(metrics, "num-partitions", default=0)
         if num_partitions and partition_id >= num_partitions:
             raise RejectedReply(f"partition-id={partition_id} is not below num-partitions={num_partitions}")
+        if self.num_train is not None and num_partitions > self.num_train:
+            raise RejectedReply(f"num-partitions={num_partitions} is more than the {self.num_train} train samples")
+        if self.cfg.num_partitions and num_partitions != self.cfg.num_partitions:
+            raise RejectedReply(f"num-partitions={num_partitions} is not the run's num-partitions="
+                                f"{self.cfg.num_partitions}")
         train_loss = metrics.get("train-loss", float("nan"))
         if not _is_number(train_loss):
             raise RejectedReply(f"train-loss={train_loss!r} is not a number")
@@ -252,7 +277,49 @@ class CompressedFedAvg(FedAvg):
                         "dense-bytes": float(self.decoder.dense_nbytes()),
                         "buffer-bytes": float(sum(a.nbytes for a in buffers.values()))})
         return ClientReply(node_id=node_id, partition_id=partition_id, weight=float(weight),
-                           payload=payload, buffers=buffers, metrics=metrics, batch_indices=batch_indices)
+                           payload=payload, buffers=buffers, metrics=metrics, batch_indices=batch_indices,
+                           num_partitions=num_partitions)
+
+    def settle_num_partitions(self, replies: Sequence[ClientReply]) -> None:
+        """Fix the run's partition count, if not known yet, to the one most replies report.
+
+        Honest clients all report the same count (their node config's, or the run's), so
+        the first round's majority is it; a reply that disagrees is refused from then on
+        (:meth:`check_sender`). Ties go to the smaller count.
+        """
+        if self.num_partitions:
+            return
+        counts = [r.num_partitions for r in replies if r.num_partitions > 0]
+        if counts:
+            values, freq = np.unique(counts, return_counts=True)
+            self.num_partitions = int(values[int(np.argmax(freq))])
+            log(INFO, "the clients split the train set into %d partitions", self.num_partitions)
+
+    def expected_examples(self, server_round: int, partition_id: int) -> int | None:
+        """The ``num-examples`` an honest client of ``partition_id`` sends, when the server can know it."""
+        if self.partition_size is None or not self.num_partitions:
+            return None
+        size = self.partition_size(self.num_partitions, partition_id)
+        if self.cfg.local_mode == "fedavg":
+            return size
+        batch = self.cfg.batch_size
+        if server_round == self.cfg.attack_round and self.cfg.attacks_client(partition_id):
+            batch = self.cfg.attack_images
+        return min(batch, size)
+
+    def check_sender(self, reply: ClientReply, server_round: int, seen: Mapping[int, int]) -> None:
+        """Checks of a reply against the run and the round: its partition count, whether its
+        partition already replied this round, and its ``num-examples`` against the partition."""
+        if reply.num_partitions != self.num_partitions:
+            raise RejectedReply(f"num-partitions={reply.num_partitions} is not the run's {self.num_partitions}")
+        if reply.partition_id in seen:
+            raise RejectedReply(f"partition-id={reply.partition_id} already replied this round "
+                                f"(node {seen[reply.partition_id]}): a repeated partition is counted once")
+        with _refusing():
+            expected = self.expected_examples(server_round, reply.partition_id)
+        if expected is not None and int(reply.weight) != expected:
+            raise RejectedReply(f"num-examples={int(reply.weight)} is not the {expected} that partition "
+                                f"{reply.partition_id} of {self.num_partitions} gives")
 
     def _check_batch_indices(self, indices: object, weight: float) -> None:
         """The FedSGD batch's train-split indices: distinct int64 values, one per example."""
@@ -292,23 +359,41 @@ class CompressedFedAvg(FedAvg):
             log(WARNING, "%s: %d node(s) did not reply within the round timeout", stage, missing)
         return ok, errors + missing
 
-    def train_round(self, grid: Grid, server_round: int, arrays: ArrayRecord,
+    def train_round(self, grid: Grid, server_round: int, state: dict[str, torch.Tensor],
                     timeout: float) -> RoundOutcome:
-        """Run one round's exchanges and return the decoded, accepted replies."""
-        messages = list(self.configure_train(server_round, arrays, ConfigRecord(), grid))
+        """Run one round's exchanges and return the decoded replies that pass every check.
+
+        Their norms are not bounded yet (:meth:`bound_norms`): what the server received is
+        intercepted first, as an honest-but-curious server would.
+        """
+        messages = list(self.configure_train(server_round, ArrayRecord(state), ConfigRecord(), grid))
         replies, failed = self._collect(grid.send_and_receive(messages, timeout=timeout), "train", len(messages))
-        accepted: list[ClientReply] = []
         rejected = 0
+
+        def refuse(node_id: int, err: RejectedReply) -> None:
+            nonlocal rejected
+            rejected += 1
+            log(WARNING, "round %d: rejected reply of node %d: %s", server_round, node_id, err)
+
+        parsed: list[ClientReply] = []
         for msg in replies:
             try:
-                reply = self.parse_reply(msg.metadata.src_node_id, msg.content)
+                parsed.append(self.parse_reply(msg.metadata.src_node_id, msg.content))
+            except RejectedReply as err:
+                refuse(msg.metadata.src_node_id, err)
+        self.settle_num_partitions(parsed)
+        accepted: list[ClientReply] = []
+        seen: dict[int, int] = {}
+        for reply in parsed:
+            try:
+                self.check_sender(reply, server_round, seen)
                 if not self.allreduce:
                     self.decode(reply)
-                accepted.append(reply)
             except RejectedReply as err:
-                rejected += 1
-                log(WARNING, "round %d: rejected reply of node %d: %s", server_round,
-                    msg.metadata.src_node_id, err)
+                refuse(reply.node_id, err)
+                continue
+            seen[reply.partition_id] = reply.node_id
+            accepted.append(reply)
         if self.allreduce and accepted:
             accepted, more_rejected, more_failed = self._powersgd_second_exchange(
                 grid, server_round, accepted, timeout)
@@ -319,7 +404,18 @@ class CompressedFedAvg(FedAvg):
     def _powersgd_second_exchange(self, grid: Grid, server_round: int, accepted: list[ClientReply],
                                   timeout: float) -> tuple[list[ClientReply], int, int]:
         """PowerSGD allreduce: average and orthogonalise P, send P-hat, receive and decode Q_i."""
-        p_hat = psgd.aggregate_p([Payload(r.payload) for r in accepted], [r.weight for r in accepted])
+        # One client's P must not steer P-hat (every client's next Q is M_i^T P-hat): a P above the
+        # norm bound is scaled down to it for the average, whatever max-norm-action says.
+        verdicts = self.bound.judge([l2_norm(v for k, v in r.payload.items() if k.startswith("p/"))
+                                     for r in accepted], action="clip")
+        for reply, verdict in zip(accepted, verdicts):
+            if verdict.clipped:
+                log(WARNING, "round %d: node %d: P %s: scaled down to the bound for P-hat", server_round,
+                    reply.node_id, verdict.reason("P", self.bound.ratio))
+        p_hat = psgd.aggregate_p(
+            [Payload({k: (v * np.float32(verdict.scale) if k.startswith("p/") and verdict.scale != 1.0 else v)
+                      for k, v in r.payload.items()}) for r, verdict in zip(accepted, verdicts)],
+            [r.weight for r in accepted])
         if not _all_finite(p_hat):
             # finite P's whose weighted mean overflows: no decodable update this round
             log(WARNING, "round %d: the clients' P do not average to a finite P-hat: %d replies rejected",
@@ -357,15 +453,17 @@ class CompressedFedAvg(FedAvg):
                 rejected += 1
                 log(WARNING, "round %d: rejected powersgd_q reply of node %d: %s", server_round,
                     msg.metadata.src_node_id, err)
-        if done and not self.update_warm_start(done):
-            log(WARNING, "round %d: the clients' Q do not average to a finite Q: %d replies rejected, "
-                "the warm start stays as it was", server_round, len(done))
-            return [], rejected + len(done), failed
         return done, rejected, failed
 
     def update_warm_start(self, done: list[ClientReply]) -> bool:
-        """Set the next round's shared Q to the weighted mean of the clients' Q, if it is finite."""
-        q_bar = psgd.aggregate_q([Payload(r.payload) for r in done], [r.weight for r in done])
+        """Set the next round's shared Q to the weighted mean of the clients' Q, if it is finite.
+
+        A clipped update's Q counts scaled like its update (the decoded update is linear in Q_i).
+        """
+        q_bar = psgd.aggregate_q(
+            [Payload({k: (v * np.float32(r.scale) if k.startswith("q/") and r.scale != 1.0 else v)
+                      for k, v in r.payload.items()}) for r in done],
+            [r.weight for r in done])
         if not _all_finite(q_bar):
             return False  # one hostile Q must not poison every later round's warm start
         self.q_shared = q_bar
@@ -402,6 +500,53 @@ class CompressedFedAvg(FedAvg):
                     self.attack_errors.append(what)
                     log(ERROR, "attack error (training goes on; the run will end as failed): %s", what)
 
+    # ------------------------------------------------------------------ norm bounds
+    def bound_norms(self, server_round: int, replies: list[ClientReply],
+                    global_state: dict[str, torch.Tensor]) -> tuple[list[ClientReply], int, int]:
+        """Refuse or clip updates, and BatchNorm statistics, far above the round's median norm.
+
+        The update's norm is that of the decoded update; the statistics' norm is that of
+        their change from the global model's. Returns ``(kept, refused, clipped)``.
+        """
+        if not self.bound.active or not replies:
+            return replies, 0, 0
+        update_verdicts = self.bound.judge([l2_norm(r.decoded.values()) for r in replies])
+        with_buffers = [r for r in replies if r.buffers]
+        buffer_verdicts: dict[int, Verdict] = {}
+        if with_buffers:
+            changes = [{k: np.asarray(v, np.float64) - global_state[k].detach().cpu().double().numpy()
+                        for k, v in r.buffers.items() if k in global_state} for r in with_buffers]
+            verdicts = self.bound.judge([l2_norm(c.values()) for c in changes])
+            for reply, change, verdict in zip(with_buffers, changes, verdicts):
+                buffer_verdicts[id(reply)] = verdict
+                if verdict.clipped:
+                    reply.buffers = {k: (global_state[k].detach().cpu().double().numpy()
+                                         + verdict.scale * change[k]).astype(np.asarray(v).dtype)
+                                     if k in change else v for k, v in reply.buffers.items()}
+        kept: list[ClientReply] = []
+        refused = clipped = 0
+        ratio = self.bound.ratio
+        for reply, verdict in zip(replies, update_verdicts):
+            buffers = buffer_verdicts.get(id(reply))
+            if verdict.refused or (buffers is not None and buffers.refused):
+                refused += 1
+                why = verdict.reason("update", ratio) if verdict.refused else buffers.reason(
+                    "BatchNorm statistics' change", ratio)
+                log(WARNING, "round %d: refused node %d (partition %d): %s", server_round, reply.node_id,
+                    reply.partition_id, why)
+                continue
+            if verdict.clipped:
+                reply.decoded = {k: v * verdict.scale for k, v in reply.decoded.items()}
+                reply.scale = verdict.scale
+            if verdict.clipped or (buffers is not None and buffers.clipped):
+                clipped += 1
+                why = verdict.reason("update", ratio) if verdict.clipped else buffers.reason(
+                    "BatchNorm statistics' change", ratio)
+                log(WARNING, "round %d: clipped node %d (partition %d) to the bound: %s", server_round,
+                    reply.node_id, reply.partition_id, why)
+            kept.append(reply)
+        return kept, refused, clipped
+
     # ------------------------------------------------------------------ aggregation
     def aggregate(self, global_state: dict[str, torch.Tensor],
                   replies: list[ClientReply]) -> dict[str, torch.Tensor]:
@@ -436,7 +581,7 @@ class CompressedFedAvg(FedAvg):
             "q_last": {int(k): np_to_t(v) for k, v in self.q_last.items()},
             "trained_indices": [torch.from_numpy(np.asarray(i, dtype=np.int64)) for i in self.trained_indices],
             "partitions_seen": sorted(int(p) for p in self.partitions_seen),
-            "num_partitions_reported": int(self.num_partitions_reported),
+            "num_partitions": int(self.num_partitions),
             "attack_errors": list(self.attack_errors),
         }
         path = self.run_folder.path / "checkpoint.pt"
@@ -445,15 +590,23 @@ class CompressedFedAvg(FedAvg):
         tmp.replace(path)
 
     def restore(self, path) -> tuple[int, dict[str, torch.Tensor]]:
-        """Load a checkpoint; return the first round still to run and the global state."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        """Load a checkpoint; return the first round still to run and the global state.
+
+        What the run folder holds of later rounds (rows of every CSV, intercepted updates,
+        rows of the final model) was written after this checkpoint and is dropped, so
+        that the resumed rounds write it once.
+        """
+        blob = load_checkpoint(path)
         self.q_shared = {k: v.numpy() for k, v in blob["q_shared"].items()} or self.q_shared
         self.q_last = {int(k): {n: t.numpy() for n, t in v.items()} for k, v in blob["q_last"].items()}
         self.trained_indices = [t.numpy() for t in blob["trained_indices"]]
         self.partitions_seen = set(blob["partitions_seen"])
-        self.num_partitions_reported = int(blob.get("num_partitions_reported", 0))
+        self.num_partitions = int(blob.get("num_partitions", blob.get("num_partitions_reported", 0)))
         self.attack_errors = [str(e) for e in blob.get("attack_errors", [])]
-        self.run_folder.truncate_rounds(int(blob["round"]))
+        dropped = self.run_folder.discard_after(int(blob["round"]))
+        if any(dropped.values()):
+            log(INFO, "resume: dropped rows written after round %d's checkpoint: %s", int(blob["round"]),
+                ", ".join(f"{n} from {f}" for f, n in dropped.items() if n))
         return int(blob["round"]) + 1, blob["global_state"]
 
     # ------------------------------------------------------------------ loop
@@ -477,10 +630,15 @@ class CompressedFedAvg(FedAvg):
             t0 = time.perf_counter()
             log(INFO, "")
             log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
-            arrays = ArrayRecord(state)
-            outcome = self.train_round(grid, server_round, arrays, timeout)
-            accepted = outcome.accepted
-            self.intercept(server_round, accepted, state)
+            outcome = self.train_round(grid, server_round, state, timeout)
+            self.intercept(server_round, outcome.accepted, state)
+            accepted, refused, outcome.clipped = self.bound_norms(server_round, outcome.accepted, state)
+            outcome.rejected += refused
+            if self.allreduce and accepted and not self.update_warm_start(accepted):
+                log(WARNING, "round %d: the clients' Q do not average to a finite Q: %d replies rejected, "
+                    "the warm start stays as it was", server_round, len(accepted))
+                outcome.rejected += len(accepted)
+                accepted = []
             if len(accepted) < self.min_train_nodes:
                 log(WARNING, "round %d: only %d usable replies (min-clients=%d): global model unchanged",
                     server_round, len(accepted), self.min_train_nodes)
@@ -494,8 +652,6 @@ class CompressedFedAvg(FedAvg):
                     accepted = []
                 else:
                     self.partitions_seen |= {r.partition_id for r in accepted}
-                    self.num_partitions_reported = max([self.num_partitions_reported]
-                                                       + [int(r.metrics["num-partitions"]) for r in accepted])
                     self.trained_indices += [r.batch_indices for r in accepted if r.batch_indices is not None]
             test_loss, test_acc = (self.evaluate_fn(server_round, state) if self.evaluate_fn
                                    else (float("nan"), float("nan")))
@@ -507,15 +663,32 @@ class CompressedFedAvg(FedAvg):
                 "uplink_bytes": int(sum(r.metrics["uplink-bytes"] for r in accepted)),
                 "dense_bytes": int(sum(r.metrics["dense-bytes"] for r in accepted)),
                 "buffer_bytes": int(sum(r.metrics["buffer-bytes"] for r in accepted)),
-                "seconds": round(time.perf_counter() - t0, 3),
+                "seconds": round(time.perf_counter() - t0, 3), "clipped": outcome.clipped,
             }
             self.run_folder.append_round(row)
             log(INFO, "round %d/%d: test_accuracy=%.4f test_loss=%.4f clients=%d rejected=%d failed=%d "
-                "uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, test_acc, test_loss,
-                row["clients"], row["rejected"], row["failed"], row["uplink_bytes"], row["dense_bytes"],
-                row["seconds"])
+                "clipped=%d uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, test_acc, test_loss,
+                row["clients"], row["rejected"], row["failed"], row["clipped"], row["uplink_bytes"],
+                row["dense_bytes"], row["seconds"])
             self.checkpoint(server_round, state)
             result.train_metrics_clientapp[server_round] = MetricRecord(
                 {k: float(v) for k, v in row.items() if k != "round"})
         result.arrays = ArrayRecord(state)
         return result
+
+
+class CheckpointError(RuntimeError):
+    """A ``checkpoint.pt`` that cannot be read (truncated, corrupt, not fedtrust's)."""
+
+
+def load_checkpoint(path) -> dict:
+    """A run folder's checkpoint, or :class:`CheckpointError` naming the file and what to do."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or "round" not in blob or "global_state" not in blob:
+            raise ValueError("not a fedtrust checkpoint (no round or global_state)")
+    except Exception as err:  # truncated zip, unpickling error, wrong content, ...
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt. "
+            "Move it away to restart the run from round 1, or start a new run") from None
+    return blob

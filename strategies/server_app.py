@@ -18,12 +18,12 @@ from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
 from fedtrust.attacks.mia.report import MIAReport
 from fedtrust.compression.base import check_level
-from fedtrust.config import ConfigError, RunConfig, parse_run_config
+from fedtrust.config import ConfigError, RunConfig, config_differences, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder
 from fedtrust.training import evaluate, select_device
-from strategies.compressed_fedavg import CompressedFedAvg
+from strategies.compressed_fedavg import CompressedFedAvg, load_checkpoint
 
 app = ServerApp()
 
@@ -60,7 +60,7 @@ def member_indices(cfg: RunConfig, labels, strategy: CompressedFedAvg):
 
     if cfg.local_mode == "fedsgd":
         return np.unique(np.concatenate(strategy.trained_indices)) if strategy.trained_indices else np.array([], int)
-    num = cfg.num_partitions or strategy.num_partitions_reported or (
+    num = cfg.num_partitions or strategy.num_partitions or (
         max(strategy.partitions_seen) + 1 if strategy.partitions_seen else 1)
     parts = [partition_indices(labels, num, pid, partitioner=cfg.partitioner, alpha=cfg.dirichlet_alpha,
                                seed=cfg.seed) for pid in sorted(strategy.partitions_seen)]
@@ -80,6 +80,20 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
                      seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
 
 
+def check_resumable(folder: RunFolder, cfg: RunConfig) -> None:
+    """Refuse to resume a run folder with a configuration other than its own (``config.json``).
+
+    Keys that cannot change the results (``resume``, ``data-dir``, ``device``,
+    ``round-timeout``) may differ; the message lists every other difference.
+    """
+    stored = folder.read_config()
+    differences = config_differences(stored, cfg.as_flat_dict())
+    if differences:
+        raise ConfigError(f"resume=true: {folder.path} was run with another configuration; a resumed run must "
+                          f"use the same settings (start a new run for new ones). Differences (stored -> now): "
+                          + "; ".join(differences))
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config."""
@@ -93,13 +107,27 @@ def main(grid: Grid, context: Context) -> None:
             check_level(layout, cfg.level)
         except ValueError as err:
             raise ConfigError(f"level={cfg.level} does not fit model={cfg.model!r}: {err}") from None
+    if cfg.num_partitions > len(train):
+        raise ConfigError(f"num-partitions={cfg.num_partitions} is more than the {len(train)} images of "
+                          f"dataset={cfg.dataset!r}'s train split; allowed: 0 (one partition per SuperNode) "
+                          f"or 1..{len(train)}")
     resume_from = None
     if cfg.resume:
         folder = RunFolder.open(cfg.output_dir, cfg.run_name)
+        check_resumable(folder, cfg)
+        done = folder.finished()
+        if done is not None:
+            log(INFO, "fedtrust: %s finished on %s; resuming it does nothing (no file is changed)",
+                folder.path, done.get("finished", "?"))
+            if done.get("attack_errors"):
+                raise RuntimeError(f"run {folder.path} had finished with {len(done['attack_errors'])} failed "
+                                   "attack(s): " + "; ".join(done["attack_errors"]))
+            return
         if folder.checkpoint.exists():
+            load_checkpoint(folder.checkpoint)  # a truncated checkpoint is named before anything else
             resume_from = folder.checkpoint
         else:
-            folder.truncate_rounds(0)
+            folder.discard_after(0)
         log(INFO, "fedtrust: resuming %s", folder.path)
     else:
         folder = RunFolder.create(cfg.output_dir, run_name(cfg, context.run_id))
@@ -123,8 +151,13 @@ def main(grid: Grid, context: Context) -> None:
     mia = make_mia_report(cfg, train, folder) if cfg.mia else None
     if mia is not None:
         attackers.append(mia)
+    def partition_size(num_partitions: int, partition_id: int) -> int:
+        return len(partition_indices(train.labels, num_partitions, partition_id, partitioner=cfg.partitioner,
+                                     alpha=cfg.dirichlet_alpha, seed=cfg.seed))
+
     strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
-                                on_intercept=attackers, resume_from=resume_from, num_train=len(train))
+                                on_intercept=attackers, resume_from=resume_from, num_train=len(train),
+                                partition_size=partition_size)
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
                             timeout=cfg.round_timeout)
     if report is not None:
@@ -139,6 +172,7 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "membership inference on the final model: %d member candidates", len(members))
         mia.finish(result.arrays.to_torch_state_dict(), members, cfg.num_server_rounds)
         log(INFO, "membership inference: %s", mia.csv_path)
+    folder.mark_finished(strategy.attack_errors)
     if strategy.attack_errors:
         raise RuntimeError(f"training finished ({folder.path}) but {len(strategy.attack_errors)} attack(s) "
                            "failed: " + "; ".join(strategy.attack_errors))

@@ -6,7 +6,9 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from fedtrust.config import ConfigError, RunConfig, parse_run_config
 
@@ -45,7 +47,18 @@ def test_every_key_is_documented_in_readme():
     ({"batch-size": "many"}, ["batch-size", "integer"]),
     ({"lr": -1.0}, ["lr", "> 0"]),
     ({"compresor": "topk"}, ["compresor", "unknown", "compressor"]),
-    ({"seed": -1}, ["seed", "-1", ">= 0"]),
+    ({"seed": -1}, ["seed", "-1", "0..4294967295"]),
+    ({"seed": 2**32}, ["seed", "4294967296", "0..4294967295"]),
+    ({"seed": 2**64}, ["seed", "18446744073709551616", "0..4294967295"]),
+    ({"level": 1e20}, ["level", "1e+20", "integer"]),
+    ({"level": 2.5}, ["level", "2.5", "integer"]),
+    ({"num-server-rounds": 2**31}, ["num-server-rounds", "2147483648", "2147483647"]),
+    ({"batch-size": "9007199254740993"}, ["batch-size", "9007199254740993", "2147483647"]),
+    ({"run-name": ".."}, ["run-name", "'..'", "starting with a letter or digit"]),
+    ({"run-name": "."}, ["run-name", "starting with a letter or digit"]),
+    ({"run-name": ".hidden"}, ["run-name", "starting with a letter or digit"]),
+    ({"max-norm-ratio": 0.5}, ["max-norm-ratio", "0.5", ">= 1"]),
+    ({"max-norm-action": "drop"}, ["max-norm-action", "drop", "refuse", "clip"]),
     ({"lr": float("inf")}, ["lr", "inf", "finite"]),
     ({"round-timeout": float("nan")}, ["round-timeout", "finite"]),
     ({"intercept-clients": "first"}, ["intercept-clients", "first", "comma-separated"]),
@@ -78,3 +91,26 @@ def test_attacking_every_client_does_not_enumerate_a_huge_range():
     assert not parse_run_config({"attack": "gradinv", "attack-clients": "0,3"}).attacks_every_client
     with pytest.raises(ConfigError, match="attack-clients"):
         parse_run_config({"attack": "gradinv", "attack-clients": "0,x"})
+
+
+def test_integers_stay_exact_and_within_what_the_code_can_use():
+    """Integer keys are never read through a float, and their bounds are ones the code honours."""
+    from fedtrust.config import MAX_INT, MAX_SEED
+    from fedtrust.training import client_seed
+
+    assert parse_run_config({"seed": MAX_SEED}).seed == MAX_SEED
+    assert parse_run_config({"seed": str(MAX_SEED)}).seed == MAX_SEED
+    assert parse_run_config({"level": 2.0}).level == 2
+    assert parse_run_config({"mia-samples": MAX_INT}).mia_samples == MAX_INT
+    # the largest seed, round and partition id still give seeds both generators take
+    seed = client_seed(MAX_SEED, MAX_INT, MAX_INT)
+    assert seed < 2**63
+    torch.Generator().manual_seed(seed)
+    np.random.default_rng(seed)
+
+
+def test_data_folders_are_checked_only_where_the_data_is_read(tmp_path):
+    raw = {"data-dir": str(tmp_path / "only-on-the-server")}
+    with pytest.raises(ConfigError, match="data-dir"):
+        parse_run_config(raw)
+    assert parse_run_config(raw, check_paths=False).data_dir == raw["data-dir"]

@@ -11,7 +11,8 @@
   test samples no client ever saw.
 
 Results go to ``mia.csv`` (attack, scope, accuracy, auc, tpr_at_1pct_fpr,
-tpr_at_0_1pct_fpr, members, nonmembers, compressor, level, round, seed) with ROC
+tpr_at_0_1pct_fpr, members, nonmembers, compressor, level, round, client, seed; ``client``
+is the attacked partition of an update attack and empty for the final model) with ROC
 figures ``mia_roc.png`` and ``mia_update_roc_round{R}_client{P}.png``.
 """
 
@@ -34,7 +35,7 @@ from fedtrust.interception import InterceptedUpdate
 
 log = logging.getLogger(__name__)
 
-MIA_COLUMNS = (*CSV_COLUMNS, "compressor", "level", "round", "seed")
+MIA_COLUMNS = (*CSV_COLUMNS, "compressor", "level", "round", "client", "seed")
 
 
 @dataclass
@@ -84,10 +85,11 @@ class MIAReport:
     def _level(self) -> object:
         return self.compressor.get("level") if self.compressor.get("compressor") != "none" else 0
 
-    def _record(self, results: Iterable[MIAResult], server_round: int) -> None:
+    def _record(self, results: Iterable[MIAResult], server_round: int, client: int | None) -> None:
         new = not self.csv_path.exists()
         rows = [{**r.to_row(), "compressor": self.compressor.get("compressor"), "level": self._level(),
-                 "round": server_round, "seed": self.seed} for r in results]
+                 "round": server_round, "client": "" if client is None else client, "seed": self.seed}
+                for r in results]
         with self.csv_path.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=MIA_COLUMNS)
             if new:
@@ -112,7 +114,7 @@ class MIAReport:
         results = run_update_mia(model, item.payload, item.decoded, item.compressor, item.public_state,
                                  self.train_x[idx], self.train_y[idx], self.test_x[non], self.test_y[non],
                                  step=self.step, seed=self.seed, device=self.device, progress=self.progress)
-        self._record(results, item.round)
+        self._record(results, item.round, item.partition_id)
         plot_results_roc(results, Path(self.folder) / f"mia_update_roc_round{item.round}_client{item.partition_id}.png",
                          title=f"Update MIA, round {item.round}, client {item.partition_id}")
         return results
@@ -125,7 +127,7 @@ class MIAReport:
         results = run_blackbox_mia(model, self.train_x[idx], self.train_y[idx], self.test_x, self.test_y,
                                    num_classes=self.num_classes, seed=self.seed, device=self.device,
                                    progress=self.progress, max_per_side=self.max_per_side)
-        self._record(results, server_round)
+        self._record(results, server_round, None)
         plot_results_roc(results, Path(self.folder) / "mia_roc.png",
                          title=f"Black-box MIA on the final model ({len(idx)} member candidates)")
         return results
