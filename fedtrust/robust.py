@@ -19,8 +19,8 @@ What it protects against: a minority of clients (fewer than half of a round's
 replies) that send updates far larger than the others. What it cannot: a coordinated
 majority (the median is then theirs), a lone client (its norm is its own median), or
 small, well-aimed changes within the bound (backdoors, label flipping). Honest
-updates differ in norm too: a FedSGD gradient of one image is 4-8 times the norm of a
-32-image batch's (measured on the ConvNet and ResNet-18 at initialisation), which is
+updates differ in norm too: a FedSGD gradient of one image is 3.5-8 times the norm of
+a 32-image batch's (``bench/norm_ratio.py``: ConvNet and ResNet-18 at initialisation), which is
 why the default ratio is 10, and why the server intercepts before it bounds (an
 attack on the one-image batch is unaffected by it).
 

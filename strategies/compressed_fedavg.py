@@ -307,14 +307,20 @@ class CompressedFedAvg(FedAvg):
             batch = self.cfg.attack_images
         return min(batch, size)
 
-    def check_sender(self, reply: ClientReply, server_round: int, seen: Mapping[int, int]) -> None:
-        """Checks of a reply against the run and the round: its partition count, whether its
-        partition already replied this round, and its ``num-examples`` against the partition."""
+    def check_sender(self, reply: ClientReply, server_round: int, claims: Mapping[int, Sequence[int]]) -> None:
+        """Checks of a reply against the run and the round: its partition count, whether another
+        node claimed its partition this round, and its ``num-examples`` against the partition.
+
+        ``claims`` maps each partition id to the nodes whose replies claim it this round. When
+        two nodes claim one partition (two SuperNodes started with the same node config, or a
+        node that lies) the server cannot tell which is genuine: every claim is refused.
+        """
         if reply.num_partitions != self.num_partitions:
             raise RejectedReply(f"num-partitions={reply.num_partitions} is not the run's {self.num_partitions}")
-        if reply.partition_id in seen:
-            raise RejectedReply(f"partition-id={reply.partition_id} already replied this round "
-                                f"(node {seen[reply.partition_id]}): a repeated partition is counted once")
+        nodes = list(claims.get(reply.partition_id, [reply.node_id]))
+        if len(nodes) > 1:
+            raise RejectedReply(f"partition-id={reply.partition_id} is claimed by nodes {sorted(nodes)} this "
+                                "round: a repeated partition is refused for every node that claims it")
         with _refusing():
             expected = self.expected_examples(server_round, reply.partition_id)
         if expected is not None and int(reply.weight) != expected:
@@ -382,17 +388,18 @@ class CompressedFedAvg(FedAvg):
             except RejectedReply as err:
                 refuse(msg.metadata.src_node_id, err)
         self.settle_num_partitions(parsed)
+        claims: dict[int, list[int]] = {}
+        for reply in parsed:
+            claims.setdefault(reply.partition_id, []).append(reply.node_id)
         accepted: list[ClientReply] = []
-        seen: dict[int, int] = {}
         for reply in parsed:
             try:
-                self.check_sender(reply, server_round, seen)
+                self.check_sender(reply, server_round, claims)
                 if not self.allreduce:
                     self.decode(reply)
             except RejectedReply as err:
                 refuse(reply.node_id, err)
                 continue
-            seen[reply.partition_id] = reply.node_id
             accepted.append(reply)
         if self.allreduce and accepted:
             accepted, more_rejected, more_failed = self._powersgd_second_exchange(
