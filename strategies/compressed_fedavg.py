@@ -694,7 +694,7 @@ def load_checkpoint(path) -> dict:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or "round" not in blob or "global_state" not in blob:
             raise ValueError("not a fedtrust checkpoint (no round or global_state)")
-    except Exception as err:  # truncated zip, unpickling error, wrong content, ...
+    except Exception as err:  # noqa: BLE001 - truncated zip, unpickling error, wrong content, ...
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt. "
             "Move it away to restart the run from round 1, or start a new run") from None

@@ -16,7 +16,6 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from fedtrust import protocol
 from fedtrust.config import ConfigError, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.interception import InterceptedUpdate
@@ -166,7 +165,7 @@ def test_fedavg_num_examples_must_be_the_partition_size(tmp_path, sample_labels)
 
 
 def test_fedsgd_num_examples_is_the_batch_or_the_attacked_batch(tmp_path, sample_labels):
-    _, model, content = honest("none")
+    _, model, _ = honest("none")
     cfg = parse_run_config({"model": "convnet", "batch-size": 8, "attack": "gradinv", "attack-clients": "1",
                             "attack-images": 2})
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())

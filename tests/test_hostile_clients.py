@@ -117,6 +117,9 @@ def test_a_client_sending_1e30_cannot_wreck_the_model(superlink, tmp_path, compr
     _, honest = run(superlink, tmp_path, "honest", compressor)
     outcome, poisoned = run(superlink, tmp_path, "huge", compressor, mode="huge")
     honest_rows, rows = read_rows(honest / "rounds.csv"), read_rows(poisoned / "rounds.csv")
+    for label, table in (("honest", honest_rows), ("one client sends 1e30", rows)):  # shown by pytest -rP
+        print(compressor["compressor"], label, [(r["round"], r["test_accuracy"], r["test_loss"], r["clients"],
+                                                 r["rejected"]) for r in table])
     assert [r["round"] for r in rows] == ["1", "2"]
     for row in rows:
         assert math.isfinite(float(row["test_loss"])) and float(row["test_loss"]) < 10, row
