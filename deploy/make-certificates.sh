@@ -3,10 +3,14 @@
 #
 #   deploy/make-certificates.sh OUT_DIR [HOST_OR_IP ...]
 #
-# Writes OUT_DIR/ca.crt (give it to every SuperNode and to `flwr`), OUT_DIR/server.pem and
-# OUT_DIR/server.key (keep them on the SuperLink). The certificate is valid for every
-# HOST_OR_IP given (default: localhost 127.0.0.1 ::1): use the name or address the
-# SuperNodes dial.
+# Writes OUT_DIR/ca.crt (give it to every SuperNode and to `flwr`; it is not a secret),
+# OUT_DIR/server.pem and OUT_DIR/server.key (copy them to the SuperLink server) and
+# OUT_DIR/ca.key, the CA's private key. Run this on your own machine, not on the server:
+# whoever has ca.key can make a certificate that every SuperNode and `flwr` accept, i.e.
+# pose as your SuperLink. Keep ca.key offline; it is only needed to make a new server
+# certificate. The certificate is valid for every HOST_OR_IP given (default: localhost
+# 127.0.0.1 ::1): use the name or address the SuperNodes dial, and add 127.0.0.1 if `flwr`
+# reaches the SuperLink through an SSH tunnel.
 set -euo pipefail
 out=${1:?usage: $0 OUT_DIR [HOST_OR_IP ...]}
 shift || true
@@ -29,3 +33,5 @@ openssl x509 -req -in "$out/server.csr" -CA "$out/ca.crt" -CAkey "$out/ca.key" -
 rm -f "$out/server.csr" "$out/server.ext" "$out/ca.srl"
 chmod 600 "$out/ca.key" "$out/server.key"
 echo "wrote $out/ca.crt $out/server.pem $out/server.key (SAN: $san)"
+echo "wrote $out/ca.key: keep it offline, never on the SuperLink server (it can sign a certificate" \
+     "that every SuperNode and flwr trust); copy only server.pem and server.key to the server" >&2
