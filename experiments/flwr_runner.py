@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from experiments import processes
+from experiments.processes import terminate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = ("finished",)
@@ -58,38 +60,6 @@ class RunOutcome:
         return self.status == "finished:completed"
 
 
-def _descendants(pid: int) -> list[int]:
-    """All descendant pids of ``pid`` (from /proc; Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _pids_with(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if text in cmd:
-                pids.append(int(entry.name))
-    return pids
-
-
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     import socket
@@ -97,34 +67,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def terminate(processes: list[subprocess.Popen], extra_pids: list[int] = (), timeout: float = 20.0) -> list[int]:
-    """End processes started with ``start_new_session=True``: their groups and all descendants.
-
-    SIGTERM first, SIGKILL for what is left after ``timeout / 2`` seconds. Returns every pid
-    that was signalled (so a caller can check that none is alive afterwards).
-    """
-    pids = list(extra_pids)
-    for proc in processes:
-        pids += [proc.pid, *_descendants(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in processes:
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for pid in set(pids):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + timeout / 2
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-    for proc in processes:
-        proc.poll()
-    return sorted(set(pids))
 
 
 class LocalSuperLink:
@@ -168,7 +110,7 @@ class LocalSuperLink:
     def start(self, timeout: float = 60.0) -> None:
         """Start the SuperLink and write the ``flwr`` connection for it."""
         self.home.mkdir(parents=True, exist_ok=True)
-        port = free_port()  # Flower 1.41 serves the Control, Fleet and Runtime APIs on one HTTP port
+        port = free_port()  # Flower 1.42 serves the Control, Fleet and Runtime APIs on one HTTP port
         self.control_address = f"127.0.0.1:{port}"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{self.CONNECTION}"\n\n[superlink.{self.CONNECTION}]\n'
@@ -191,14 +133,10 @@ class LocalSuperLink:
         self.stop()
         raise TimeoutError(f"flower-superlink did not answer within {timeout:.0f}s")
 
-    def superlink_pids(self) -> list[int]:
-        """Pids of the SuperLink started here (while it runs)."""
-        return [self.process.pid] if self.process is not None and _alive(self.process.pid) else []
-
     def stop(self, timeout: float = 20.0) -> None:
         """Terminate the SuperLink and all its descendants (simulation, Ray workers)."""
         procs = [self.process] if self.process is not None else []
-        self.stopped_pids = terminate(procs, extra_pids=_pids_with(str(self.home)), timeout=timeout)
+        self.stopped_pids = terminate(procs, extra_pids=processes.with_text(str(self.home)), timeout=timeout)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -271,14 +209,3 @@ def _json_of(text: str) -> dict[str, Any]:
         return json.loads(text[text.index("{"):])
     except (ValueError, json.JSONDecodeError):
         return {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

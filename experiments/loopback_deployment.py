@@ -32,11 +32,10 @@ from experiments.flwr_runner import (
     REPO_ROOT,
     LocalSuperLink,
     RunOutcome,
-    _descendants,
     _json_of,
     free_port,
-    terminate,
 )
+from experiments.processes import descendants, terminate
 
 
 def make_certificates(out: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
@@ -177,7 +176,7 @@ class LoopbackDeployment(LocalSuperLink):
     def kill_node(self, index: int) -> None:
         """Kill SuperNode ``index`` and its children at once (a client machine that drops out)."""
         proc = self.nodes[index]
-        for pid in [proc.pid, *_descendants(proc.pid)]:
+        for pid in [proc.pid, *descendants(proc.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -3,7 +3,8 @@
 ``<out>/cells.jsonl`` holds one JSON record per finished cell, appended (and fsynced)
 the moment the cell finishes; the three scripts share it, so a cell whose key is in
 the store is never run again (unless ``--force``). A line cut short by a killed
-process is skipped when reading. Cells whose run failed are appended to
+process or a full disk is skipped with a warning when reading, and the next record
+starts on a fresh line, so it cannot glue onto the torn one. Cells whose run failed are appended to
 ``<out>/failed.jsonl`` instead: they are retried on the next run and never feed a
 table. ``<out>/.lock`` keeps two sweeps from working on one folder at once.
 """
@@ -14,6 +15,7 @@ import fcntl
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
@@ -24,17 +26,18 @@ LOCK_NAME = ".lock"
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; malformed lines (a write cut short) are skipped."""
+    """Records of a JSON-lines file; malformed lines (a write cut short) are skipped with a warning."""
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line:
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number}: skipped a record cut short ({line[:60]!r}...)", stacklevel=2)
             continue
         if isinstance(record, dict) and "key" in record:
             out.append(record)
@@ -42,10 +45,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
-    """Append one record as a line, flushed and fsynced before returning."""
+    """Append one record as a line, flushed and fsynced before returning.
+
+    The record starts on a fresh line even when the file ends in a line cut short.
+    """
     line = json.dumps(record, sort_keys=False, default=str) + "\n"
-    with path.open("a") as fh:
-        fh.write(line)
+    with path.open("ab+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                line = "\n" + line
+        fh.write(line.encode())
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -7,7 +7,10 @@ app with ``output-dir = <out>/runs`` and ``run-name = <cell name>``; its record
 (full run config, seed, timings, run folder, summary of ``gradinv.csv``,
 ``mia.csv`` and ``rounds.csv``) is appended to the store the moment it finishes.
 Cells already in the store are reused; a cell without a record (interrupted) has
-its partial run folder removed and is run again.
+its partial run folder removed and is run again. A cell recomputed with ``--force``
+runs into a second folder (``<name>-rerun``, or back into ``<name>``): its old record
+and run folder stay until the new run has succeeded and its record is stored, so a
+forced run that fails (or is killed) loses nothing.
 """
 
 from __future__ import annotations
@@ -98,19 +101,31 @@ class CellOutcome:
     error: str = ""
     seconds: float = 0.0
     worker: str = ""
+    #: The run folder of the record this outcome replaces (a forced cell), removed once it is stored.
+    replaces: str = ""
 
 
-def run_folder(out: Path, cell: Cell) -> Path:
-    return out / RUNS_DIR / cell.name
+RERUN_SUFFIX = "-rerun"
 
 
-def remove_partial(out: Path, cell: Cell) -> list[Path]:
-    """Remove the run folder(s) of a cell that has no record (an interrupted run)."""
+def run_folder(out: Path, cell: Cell, name: str | None = None) -> Path:
+    return out / RUNS_DIR / (name or cell.name)
+
+
+def rerun_name(cell: Cell, previous: Mapping[str, Any] | None) -> str:
+    """The run name of a cell's new run: never the folder its stored record points to."""
+    if previous and Path(str(previous.get("run_dir", ""))).name == cell.name:
+        return cell.name + RERUN_SUFFIX
+    return cell.name
+
+
+def remove_partial(out: Path, cell: Cell, name: str | None = None) -> list[Path]:
+    """Remove the run folder(s) ``name`` (default: the cell's) of a run that has no record."""
     base = out / RUNS_DIR
+    name = name or cell.name
     removed = []
-    candidates = [base / cell.name] + [p for p in base.glob(f"{cell.name}-*")
-                                       if p.name[len(cell.name) + 1:].isdigit()
-                                       and len(p.name) - len(cell.name) <= 5]
+    candidates = [base / name] + [p for p in base.glob(f"{name}-*")
+                                  if p.name[len(name) + 1:].isdigit() and len(p.name) - len(name) <= 5]
     for path in candidates:
         if path.exists():
             shutil.rmtree(path)
@@ -132,11 +147,17 @@ def git_commit() -> str | None:
 
 
 def execute_cell(link: Link, cell: Cell, out: Path, worker: Worker, *, timeout: float,
-                 gpu_client_share: float, script: str, commit: str | None) -> CellOutcome:
-    """Run one cell on ``link`` and build its record (or the failure)."""
-    folder = run_folder(out, cell)
-    remove_partial(out, cell)
-    run_config = {**cell.run_config, "output-dir": str((out / RUNS_DIR).resolve()), "run-name": cell.name}
+                 gpu_client_share: float, script: str, commit: str | None,
+                 previous: Mapping[str, Any] | None = None) -> CellOutcome:
+    """Run one cell on ``link`` and build its record (or the failure).
+
+    ``previous`` is the cell's stored record when it is recomputed (``--force``): the new
+    run then goes to another folder, and the outcome names the old one it replaces.
+    """
+    name = rerun_name(cell, previous)
+    folder = run_folder(out, cell, name)
+    remove_partial(out, cell, name)
+    run_config = {**cell.run_config, "output-dir": str((out / RUNS_DIR).resolve()), "run-name": name}
     fed = federation_config(worker, gpu_client_share)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.perf_counter()
@@ -170,7 +191,10 @@ def execute_cell(link: Link, cell: Cell, out: Path, worker: Worker, *, timeout: 
         return CellOutcome(cell, "failed", {**base, "status": "incomplete", "error": str(err)}, error=str(err),
                            seconds=seconds, worker=worker.label)
     record = {**base, "status": "ok", "summary": summary}
-    return CellOutcome(cell, "computed", record, seconds=seconds, worker=worker.label)
+    old = Path(str(previous.get("run_dir", ""))).resolve() if previous and previous.get("run_dir") else None
+    replaces = old if old is not None and old != folder.resolve() and old.parent == folder.resolve().parent else None
+    return CellOutcome(cell, "computed", record, seconds=seconds, worker=worker.label,
+                       replaces=str(replaces or ""))
 
 
 # ------------------------------------------------------------------ the sweep
@@ -302,7 +326,8 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
         if execute is None:
             def execute(link: Link, cell: Cell, worker: Worker) -> CellOutcome:
                 return execute_cell(link, cell, out, worker, timeout=timeout,
-                                    gpu_client_share=gpu_client_share, script=script, commit=commit)
+                                    gpu_client_share=gpu_client_share, script=script, commit=commit,
+                                    previous=store.get(cell.key))
         todo: queue.Queue = queue.Queue()
         for cell in to_run:
             todo.put(cell)
@@ -323,6 +348,8 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
             with lock:
                 if outcome.status == "computed":
                     store.add(outcome.record)
+                    if outcome.replaces:  # the new record is stored: the old run folder can go
+                        shutil.rmtree(outcome.replaces, ignore_errors=True)
                 else:
                     store.add_failure(outcome.record or {
                         "key": outcome.cell.key, "name": outcome.cell.name, "kind": outcome.cell.kind,

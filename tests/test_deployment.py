@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from experiments.flwr_runner import _alive
 from experiments.loopback_deployment import LoopbackDeployment, make_node_key
+from experiments.processes import alive
 from fedtrust.interception import InterceptedUpdate
 
 pytestmark = pytest.mark.slow
@@ -86,4 +86,4 @@ def test_tls_deployment_survives_failing_and_dropped_clients(tmp_path):
     item = InterceptedUpdate.load(folder / "intercepted" / "round1_client0.pt")
     assert item.compressor["compressor"] == "powersgd"
     assert any(k.startswith("p/") for k in item.payload) and any(k.startswith("q/") for k in item.payload)
-    assert dep.stopped_pids and not [p for p in dep.stopped_pids if _alive(p)]
+    assert dep.stopped_pids and not [p for p in dep.stopped_pids if alive(p)]

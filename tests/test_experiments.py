@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 
 from experiments import table1, tradeoff
-from experiments.guard import processes_under
 from experiments.plan import build_cells, make_cell, parse_algorithms, resolve_dataset
+from experiments.processes import under as processes_under
 from experiments.profiles import (
     PAPER,
     PROFILES,
@@ -170,10 +170,22 @@ def test_store_appends_durably_and_skips_a_torn_last_line(tmp_path):
     store.add({"key": "a", "status": "ok", "v": 3})
     with (tmp_path / "cells.jsonl").open("a") as fh:
         fh.write('{"key": "c", "status": "o')  # a write cut short by a kill
-    again = CellStore(tmp_path)
+    with pytest.warns(UserWarning, match="cut short"):
+        again = CellStore(tmp_path)
     assert len(again) == 2 and "c" not in again and again.get("a")["v"] == 3
     store.add_failure({"key": "d", "status": "failed"})
     assert "d" not in CellStore(tmp_path) and [r["key"] for r in read_jsonl(tmp_path / "failed.jsonl")] == ["d"]
+
+
+def test_a_record_after_a_torn_line_is_kept(tmp_path):
+    store = CellStore(tmp_path)
+    store.add({"key": "a", "status": "ok"})
+    with (tmp_path / "cells.jsonl").open("a") as fh:
+        fh.write('{"key": "b", "sta')  # kill -9 or a full disk in the middle of a record
+    store.add({"key": "c", "status": "ok"})  # a finished cell after the torn one
+    with pytest.warns(UserWarning, match=r"cells.jsonl:2: skipped a record cut short"):
+        again = CellStore(tmp_path)
+    assert sorted(r["key"] for r in again) == ["a", "c"]
 
 
 def test_folder_lock_is_exclusive(tmp_path):
@@ -457,7 +469,7 @@ def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, list[int]]:
 
 
 def _assert_nothing_left(pid: int, pids: list[int], timeout: float = 60.0) -> None:
-    from experiments.guard import alive
+    from experiments.processes import alive
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (any(alive(p) for p in pids) or _sweep_roots(pid)):
@@ -472,7 +484,7 @@ def scenario(tmp_path_factory):
     base = tmp_path_factory.mktemp("scenario")
     dataset = f"folder:{make_image_folder(base / 'images')}"
     out = base / "out"
-    facts: dict = {"out": out}
+    facts: dict = {"out": out, "dataset": dataset}
 
     proc = _start(out, dataset)
     partial = _wait_until_second_cell_starts(proc, out, finished=1)
@@ -533,3 +545,22 @@ def test_resumed_table1_writes_every_file_for_a_folder_dataset(scenario):
         assert all(-1.0 <= im["ssim"] <= 1.0 and im["iterations"] == 5 for im in images)
         assert rec["run_config"]["dataset"].startswith("folder:/") and rec["num_supernodes"] == 2
         assert rec["summary"]["rounds"]["rounds"] == 1 and math.isfinite(rec["summary"]["rounds"]["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_a_forced_cell_keeps_its_result_until_the_new_run_succeeds(scenario):
+    """--force on a finished cell: a new run that fails (here: past --timeout) loses nothing."""
+    out, dataset = scenario["out"], scenario["dataset"]
+    old = next(r for r in CellStore(out) if r["algorithm"] == "sgd")
+    old_dir = Path(old["run_dir"])
+    files = {p: p.read_bytes() for p in old_dir.rglob("*.png")}
+    assert files, "the cell's reconstructions (what Figure 1 reads) should be there"
+    args = ["--datasets", dataset, "--out", str(out), *SCENARIO_ARGS, "--algorithms", "sgd", "--force"]
+    assert table1.main([*args, "--timeout", "1"]) != 0  # the forced run fails
+    assert CellStore(out).get(old["key"]) == old and old_dir.is_dir()
+    assert {p: p.read_bytes() for p in old_dir.rglob("*.png")} == files
+    assert table1.main(args) == 0  # a forced run that succeeds replaces the old result
+    new = CellStore(out).get(old["key"])
+    assert new["run_dir"] != old["run_dir"] and new["status"] == "ok" and Path(new["run_dir"]).is_dir()
+    assert not old_dir.exists()
+    assert (out / "figure1.png").stat().st_size > 100

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.flwr_runner import LocalSuperLink, _alive, _pids_with
+from experiments.flwr_runner import LocalSuperLink
+from experiments.processes import alive, with_text
 from fedtrust.interception import InterceptedUpdate
 
 pytestmark = pytest.mark.slow
@@ -38,9 +39,9 @@ def superlink():
     with link:
         yield link
     assert link.stopped_pids, "no SuperLink process was seen"
-    left = [p for p in link.stopped_pids if _alive(p)]
+    left = [p for p in link.stopped_pids if alive(p)]
     assert not left, f"processes outlived the tests: {left}"
-    assert not _pids_with(str(link.home)), "a process still uses the run's FLWR_HOME"
+    assert not with_text(str(link.home)), "a process still uses the run's FLWR_HOME"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,76 @@
+"""Process handling with psutil: a process tree ends, and the stop command ends only the user's local SuperLink."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import processes
+from experiments.flwr_runner import free_port
+from experiments.stop_local_superlink import local_superlinks, main
+
+BIN = Path(sys.executable).parent
+
+
+def wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not cond():
+        time.sleep(0.2)
+    return cond()
+
+
+def test_terminate_ends_a_process_tree_in_its_own_session():
+    proc = subprocess.Popen(["bash", "-c", "sleep 300 & sleep 300 & wait"], start_new_session=True)
+    assert wait_for(lambda: len(processes.descendants(proc.pid)) == 2)
+    tree = [proc.pid, *processes.descendants(proc.pid)]
+    assert all(processes.alive(p) for p in tree)
+    stopped = processes.terminate([proc], timeout=10)
+    assert set(tree) <= set(stopped)
+    assert not [p for p in tree if processes.alive(p)]
+    assert proc.returncode is not None
+
+
+def test_alive_tells_a_reused_pid_apart():
+    proc = subprocess.Popen(["sleep", "300"])
+    started = processes.start_time(proc.pid)
+    assert processes.alive(proc.pid, started) and not processes.alive(proc.pid, started - 1)
+    proc.kill()
+    proc.wait()
+    assert not processes.alive(proc.pid) and processes.start_time(proc.pid) is None
+
+
+def superlink(home: Path, port: int, local: bool) -> subprocess.Popen:
+    """A real ``flower-superlink``: as ``flwr run .`` starts it (``local``), or as a sweep does."""
+    home.mkdir(parents=True)
+    cmd = [str(BIN / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+           "--host", "127.0.0.1", "--port", str(port), "--database", str(home / "state.db")]
+    if local:
+        (home / "local-superlink").mkdir()
+        cmd += ["--log-file", str(home / "local-superlink" / "superlink.log")]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={"FLWR_HOME": str(home), "PATH": str(BIN)})
+
+
+@pytest.mark.slow
+def test_stop_local_superlink_stops_only_the_users_local_one(tmp_path, capsys):
+    port = free_port()
+    mine = superlink(tmp_path / "home", port, local=True)
+    sweep = superlink(tmp_path / "sweep-home", free_port(), local=False)  # a sweep's private SuperLink
+    other = superlink(tmp_path / "other-home", free_port(), local=True)  # another FLWR_HOME's local one
+    try:
+        assert wait_for(lambda: all(processes.alive(p.pid) for p in (mine, sweep, other)), 5)
+        assert local_superlinks(port, tmp_path / "home") == [mine.pid]
+        assert main(["--port", str(port), "--flwr-home", str(tmp_path / "home"), "--dry-run"]) == 0
+        assert "would stop SuperLink" in capsys.readouterr().out and processes.alive(mine.pid)
+        assert main(["--port", str(port), "--flwr-home", str(tmp_path / "home")]) == 0
+        assert "stopping SuperLink" in capsys.readouterr().out
+        assert wait_for(lambda: mine.poll() is not None, 10)
+        assert processes.alive(sweep.pid) and processes.alive(other.pid)
+        assert main(["--port", str(port), "--flwr-home", str(tmp_path / "home")]) == 0
+        assert "no local SuperLink of yours" in capsys.readouterr().out
+    finally:
+        processes.terminate([mine, sweep, other], timeout=10)
