@@ -80,6 +80,14 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
                      seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
 
 
+def check_num_partitions(cfg: RunConfig, num_train: int) -> None:
+    """Before round 1: ``num-partitions`` cannot exceed the train split (every client would fail)."""
+    if cfg.num_partitions > num_train:
+        raise ConfigError(f"num-partitions={cfg.num_partitions} is more than the {num_train} images of "
+                          f"dataset={cfg.dataset!r}'s train split; allowed: 0 (one partition per SuperNode) "
+                          f"or 1..{num_train}")
+
+
 def check_resumable(folder: RunFolder, cfg: RunConfig) -> None:
     """Refuse to resume a run folder with a configuration other than its own (``config.json``).
 
@@ -107,10 +115,7 @@ def main(grid: Grid, context: Context) -> None:
             check_level(layout, cfg.level)
         except ValueError as err:
             raise ConfigError(f"level={cfg.level} does not fit model={cfg.model!r}: {err}") from None
-    if cfg.num_partitions > len(train):
-        raise ConfigError(f"num-partitions={cfg.num_partitions} is more than the {len(train)} images of "
-                          f"dataset={cfg.dataset!r}'s train split; allowed: 0 (one partition per SuperNode) "
-                          f"or 1..{len(train)}")
+    check_num_partitions(cfg, len(train))
     resume_from = None
     if cfg.resume:
         folder = RunFolder.open(cfg.output_dir, cfg.run_name)

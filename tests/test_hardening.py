@@ -282,3 +282,11 @@ def test_no_credential_reaches_config_json(tmp_path, monkeypatch):
     folder = RunFolder.create(tmp_path, "run")
     text = folder.write_config({"seed": 1}).read_text()
     assert "s3cr3t-token" not in text and "abc123" not in text and json.loads(text)["argv"][4] == REDACTED
+
+
+def test_more_partitions_than_train_images_is_refused_before_round_1():
+    from strategies.server_app import check_num_partitions
+
+    check_num_partitions(parse_run_config({"num-partitions": 3000}), 3000)
+    with pytest.raises(ConfigError, match=r"num-partitions=5000 is more than the 3000 images .* 1\.\.3000"):
+        check_num_partitions(parse_run_config({"num-partitions": 5000}), 3000)
