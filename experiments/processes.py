@@ -85,39 +85,54 @@ def under(root: str | Path) -> list[int]:
     return find(match)
 
 
-def signal_all(pids: Iterable[int], sig: int) -> None:
-    """Send ``sig`` to each pid that still exists."""
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+def _running(proc: psutil.Process) -> bool:
+    """Whether ``proc`` (the very process, not a reuse of its pid) still runs; a zombie counts as gone."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except _GONE:
+        return False
 
 
 def terminate(processes: Iterable[subprocess.Popen] = (), extra_pids: Iterable[int] = (),
               timeout: float = 20.0) -> list[int]:
     """End processes, their descendants and ``extra_pids``: SIGTERM, then SIGKILL after ``timeout / 2``.
 
-    ``processes`` started with ``start_new_session=True`` also get their process group
-    signalled (a child that re-parented itself is still in it). Returns every pid that was
-    signalled, so that a caller can check that none is alive afterwards.
+    The processes are looked up once, as psutil ``Process`` objects, so that a pid that
+    ends and is reused meanwhile is never signalled. ``processes`` started with
+    ``start_new_session=True`` also get their process group signalled (a child that
+    re-parented itself is still in it). Returns every pid that was signalled, so that a
+    caller can check that none is alive afterwards. This process is never signalled.
     """
     processes = list(processes)
-    pids = set(extra_pids)
-    for proc in processes:
-        pids |= {proc.pid, *descendants(proc.pid)}
-    for pid in list(pids):
-        pids |= set(descendants(pid))
+    me = os.getpid()
+    pids = [p for p in [*(p.pid for p in processes), *extra_pids] if p != me]
+    tree: dict[int, psutil.Process] = {}
+    for pid in pids:
+        if pid in tree:
+            continue
+        try:
+            proc = psutil.Process(pid)
+            tree[pid] = proc
+            tree.update((child.pid, child) for child in proc.children(recursive=True) if child.pid != me)
+        except _GONE:
+            continue
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for proc in processes:
+        for popen in processes:
             try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError, OSError):
+                os.killpg(popen.pid, sig)
+            except OSError:  # the group is gone, or not ours
                 pass
-        signal_all(pids, sig)
+        for proc in tree.values():
+            try:
+                if _running(proc):  # is_running() compares the start time: a reused pid is left alone
+                    proc.send_signal(sig)
+            except _GONE:
+                pass
         deadline = time.monotonic() + timeout / 2
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
+        while time.monotonic() < deadline and any(_running(p) for p in tree.values()):
             time.sleep(0.2)
-        for proc in processes:
-            proc.poll()  # reap our own children, so that they do not linger as zombies
-    return sorted(pids)
+            for popen in processes:
+                popen.poll()  # reap our own children, so that they do not linger as zombies
+        for popen in processes:
+            popen.poll()
+    return sorted({*pids, *tree})

@@ -58,7 +58,12 @@ def local_superlinks(port: int, home: Path) -> list[int]:
         if proc.username() != user or _option(cmdline, "--port") != str(port):
             return False
         log_file = _option(cmdline, "--log-file")
-        return log_file is not None and Path(log_file).expanduser().resolve().parent == log_dir
+        if log_file is None:
+            return False
+        path = Path(log_file).expanduser()
+        if not path.is_absolute():  # a relative FLWR_HOME: relative to the SuperLink's working directory
+            path = Path(proc.cwd()) / path
+        return path.resolve().parent == log_dir
 
     return processes.find(match)
 
