@@ -32,13 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedtrust.compression import (
-    get_compressor,
-    is_compressible,
-    layout_of,
-    orthogonalize,
-)
+from fedtrust.compression import codec_class, get_compressor, is_compressible, layout_of
 from fedtrust.compression.base import layout_numel, matrix_shape
+from fedtrust.compression.codecs.powersgd import orthogonalize
 from fedtrust.models import resnet18
 
 try:
@@ -176,17 +172,18 @@ def run(device: torch.device, repeats: int, warmup: int, levels: tuple[int, ...]
         fns: dict[str, Callable[[], object]] = {"reference": reference_powersgd(grad, level)}
         nbytes: dict[str, int] = {}
         for label, name, options in CONFIGS:
-            if name == "none" and i > 0:
+            levelled = codec_class(name).levelled
+            if not levelled and i > 0:
                 continue  # the same at every level
             compressor = get_compressor(name, level=level, **options)
             nbytes[label] = compressor.encode(grad).nbytes
             fns[label] = lambda c=compressor: c.decode(c.encode(grad))
         ms = interleaved_median_ms(fns, device, repeats, warmup)
         reference_ms[level] = ms.pop("reference")
+        levelled = {label: codec_class(name).levelled for label, name, _ in CONFIGS}
         for label, value in ms.items():
-            is_none = label == "none"
-            rows.append(Row(label, "-" if is_none else str(level), value, value / fwd_bwd_ms,
-                            None if is_none else value / reference_ms[level],
+            rows.append(Row(label, str(level) if levelled[label] else "-", value, value / fwd_bwd_ms,
+                            value / reference_ms[level] if levelled[label] else None,
                             nbytes[label], nbytes[label] / dense))
     order = [label for label, _, _ in CONFIGS]
     rows.sort(key=lambda r: order.index(r.compressor))

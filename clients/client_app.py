@@ -5,12 +5,13 @@ Per round the client
 1. loads the global model from the ``train`` message,
 2. computes its update on its partition (``local-mode``: one FedSGD batch gradient or
    FedAvg local epochs) on a GPU when there is one,
-3. compresses it with its own stateful compressor, whose state (error-feedback
-   residual, PowerSGD's warm-start Q) lives in the node's ``Context.state``,
+3. compresses it with the run's codec and its own stateful compressor, whose state
+   (error-feedback residual, PowerSGD's warm-start Q) lives in the node's ``Context.state``,
 4. replies with the payload, the BatchNorm statistics and its metrics.
 
-PowerSGD in ``allreduce`` mode answers a second message, ``train.powersgd_q``, in the
-same round (see :mod:`fedtrust.protocol`).
+A codec with more than one exchange per round (PowerSGD all-reduce) answers one
+``train.exchange`` message per further exchange in the same round (see
+:mod:`fedtrust.protocol`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import time
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedtrust import protocol
-from fedtrust.compression import Compressor, get_compressor, layout_of
+from fedtrust.compression import Codec, Compressor, get_codec
 from fedtrust.config import RunConfig, check_data_paths, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
@@ -32,19 +33,12 @@ from fedtrust.training import (
     client_seed,
     fedavg_train,
     fedsgd_step,
-    parameter_names,
+    model_layout,
     select_device,
 )
+from strategies.flower_adapter import from_record, to_record
 
 app = ClientApp()
-
-
-def _to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
-
-
-def _from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: a.numpy() for k, a in record.items()}
 
 
 def _partition(context: Context, cfg: RunConfig) -> tuple[int, int]:
@@ -81,9 +75,9 @@ def _data_dir(context: Context, cfg: RunConfig) -> str | None:
     return str(context.node_config.get("data-dir", "") or cfg.data_dir) or None
 
 
-def _compressor(context: Context, cfg: RunConfig, layout) -> Compressor:
+def _compressor(context: Context, codec: Codec) -> Compressor:
     """The node's compressor, with its state restored from ``Context.state``."""
-    comp = get_compressor(cfg.compressor, level=cfg.level, layout=layout, **cfg.compressor_options())
+    comp = codec.compressor()
     if protocol.COMPRESSOR_STATE in context.state:
         state = context.state[protocol.COMPRESSOR_STATE]
         comp.load_state_dict({k: torch.from_numpy(a.numpy()) for k, a in state.items()})
@@ -91,7 +85,7 @@ def _compressor(context: Context, cfg: RunConfig, layout) -> Compressor:
 
 
 def _save_compressor(context: Context, comp: Compressor) -> None:
-    context.state[protocol.COMPRESSOR_STATE] = _to_record(
+    context.state[protocol.COMPRESSOR_STATE] = to_record(
         {k: v.detach().cpu().numpy() for k, v in comp.state_dict().items()})
 
 
@@ -132,26 +126,23 @@ def train(msg: Message, context: Context) -> Message:
         gen = torch.Generator().manual_seed(seed)
         result = fedavg_train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.lr, gen)
 
-    names = parameter_names(model)
-    update = {n: result.update[n].float() for n in names}
-    comp = _compressor(context, cfg, layout_of(update))
-    if protocol.WARM_START in msg.content:
-        comp.set_warm_start(_from_record(msg.content[protocol.WARM_START]))
-    if cfg.compressor == "powersgd" and cfg.powersgd_mode == "allreduce":
-        payload = comp.encode_p(update)
-    else:
-        payload = comp.encode(update)
+    layout = model_layout(model)
+    update = {n: result.update[n].float() for n, _ in layout}
+    codec = get_codec(cfg.compressor_spec(), layout)
+    comp = _compressor(context, codec)
+    broadcast = from_record(msg.content[protocol.BROADCAST]) if protocol.BROADCAST in msg.content else {}
+    payload = codec.client_step(comp, 0, update, broadcast)
     _save_compressor(context, comp)
 
     buffers = {k: v.numpy() for k, v in buffer_state(model).items()}
     content = RecordDict({
-        protocol.PAYLOAD: _to_record(payload.arrays),
-        protocol.BUFFERS: _to_record(buffers),
+        protocol.PAYLOAD: to_record(payload.arrays),
+        protocol.BUFFERS: to_record(buffers),
         protocol.METRICS: MetricRecord({
             "num-examples": int(result.num_examples),
             "train-loss": float(result.loss),
             "uplink-bytes": int(payload.nbytes),
-            "dense-bytes": int(comp.dense_nbytes()),
+            "dense-bytes": int(codec.dense_nbytes()),
             "buffer-bytes": int(sum(b.nbytes for b in buffers.values())),
             "partition-id": pid,
             "num-partitions": num_partitions,
@@ -159,26 +150,26 @@ def train(msg: Message, context: Context) -> Message:
         }),
     })
     if result.batch_indices is not None:
-        content[protocol.AUDIT] = _to_record({"batch-indices": result.batch_indices.astype(np.int64)})
+        content[protocol.AUDIT] = to_record({"batch-indices": result.batch_indices.astype(np.int64)})
     return Message(content=content, reply_to=msg)
 
 
-@app.train(protocol.POWERSGD_Q_ACTION)
-def train_powersgd_q(msg: Message, context: Context) -> Message:
-    """PowerSGD allreduce, second exchange: send Q_i = M_i^T P-hat for the server's P-hat."""
+@app.train(protocol.EXCHANGE_ACTION)
+def train_exchange(msg: Message, context: Context) -> Message:
+    """A later exchange of the round (PowerSGD all-reduce: Q_i = M_i^T P-hat for the server's P-hat)."""
     cfg = _run_config(context)
     pid, _ = _partition(context, cfg)
+    exchange = int(msg.content[protocol.CONFIG]["exchange"])
     if protocol.COMPRESSOR_STATE not in context.state:
-        raise RuntimeError("train.powersgd_q arrived before this node's first PowerSGD exchange")
-    p_hat = _from_record(msg.content[protocol.P_HAT])
+        raise RuntimeError(f"train.exchange {exchange} arrived before this node's first exchange of the round")
     data = load_dataset(cfg.dataset, "train", data_dir=_data_dir(context, cfg))
     model = get_model(cfg.model, num_classes=data.spec.num_classes, in_channels=data.spec.channels)
-    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    comp = _compressor(context, cfg, layout)
-    payload = comp.encode_q(p_hat)
+    codec = get_codec(cfg.compressor_spec(), model_layout(model))
+    comp = _compressor(context, codec)
+    payload = codec.client_step(comp, exchange, None, from_record(msg.content[protocol.SERVER_ARRAYS]))
     _save_compressor(context, comp)
     content = RecordDict({
-        protocol.PAYLOAD: _to_record(payload.arrays),
+        protocol.PAYLOAD: to_record(payload.arrays),
         protocol.METRICS: MetricRecord({"uplink-bytes": int(payload.nbytes), "partition-id": pid}),
     })
     return Message(content=content, reply_to=msg)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedtrust.compression.spec import CompressorSpec
+
 FORMAT_VERSION = 1
 
 
@@ -59,6 +61,11 @@ class InterceptedUpdate:
     compressor: dict[str, Any]
     public_state: dict[str, np.ndarray] = field(default_factory=dict)
     batch_indices: np.ndarray | None = None
+
+    @property
+    def spec(self) -> CompressorSpec:
+        """The compressor spec (``compressor`` is its stored dict form)."""
+        return CompressorSpec.from_dict(self.compressor)
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write to ``path`` (``torch.save``; readable with ``weights_only=True``).

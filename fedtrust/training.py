@@ -26,9 +26,16 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-def parameter_names(model: nn.Module) -> list[str]:
-    """Names of the trainable parameters, in order: the keys of an update."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
+def model_layout(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Names and shapes of the trainable parameters, in order: the layout of an update."""
+    return tuple((name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad)
+
+
+def server_step(local_mode: str, lr: float, server_lr: float) -> float:
+    """The server's step on the mean update: ``server-lr * lr`` for FedSGD (plain SGD at
+    ``lr`` when ``server-lr = 1``), ``server-lr`` for FedAvg (the update already holds the
+    local steps)."""
+    return server_lr * (lr if local_mode == "fedsgd" else 1.0)
 
 
 def buffer_state(model: nn.Module) -> dict[str, torch.Tensor]:

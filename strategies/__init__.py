@@ -1,5 +1,5 @@
-"""Server side of the fedtrust Flower app: the strategy and the ServerApp."""
+"""Server side of fedtrust: the CompressedFedAvg strategy (small parts, one job each) and the ServerApp."""
 
-from strategies.compressed_fedavg import CompressedFedAvg, RoundOutcome
+from strategies.compressed_fedavg import CompressedFedAvg, RoundRow
 
-__all__ = ["CompressedFedAvg", "RoundOutcome"]
+__all__ = ["CompressedFedAvg", "RoundRow"]

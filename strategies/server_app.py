@@ -10,20 +10,21 @@ import time
 from logging import INFO, WARNING
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
 from fedtrust.attacks.mia.report import MIAReport
-from fedtrust.compression.base import check_level
+from fedtrust.compression import codec_class, get_codec
 from fedtrust.config import ConfigError, RunConfig, config_differences, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder
-from fedtrust.training import evaluate, select_device
-from strategies.compressed_fedavg import CompressedFedAvg, load_checkpoint
+from fedtrust.training import evaluate, model_layout, select_device, server_step
+from strategies.checkpoint import load_checkpoint
+from strategies.compressed_fedavg import CompressedFedAvg
 
 app = ServerApp()
 
@@ -33,7 +34,7 @@ def run_name(cfg: RunConfig, run_id: int) -> str:
     if cfg.run_name:
         return cfg.run_name
     dataset = cfg.dataset.split(":")[0]
-    algo = "sgd" if cfg.compressor == "none" else f"{cfg.compressor}{cfg.level}"
+    algo = codec_class(cfg.compressor).algorithm_key(cfg.level)
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{algo}-{run_id}"
 
 
@@ -47,9 +48,10 @@ def make_evaluate_fn(cfg: RunConfig, model: torch.nn.Module):
         x, y = x[keep], y[keep]
     model = model.to(device)
 
-    def evaluate_fn(server_round: int, state: dict[str, torch.Tensor]) -> tuple[float, float]:
-        model.load_state_dict(state)
-        return evaluate(model, x, y, batch_size=cfg.eval_batch_size, device=device)
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, x, y, batch_size=cfg.eval_batch_size, device=device)
+        return MetricRecord({"test_loss": loss, "test_accuracy": accuracy})
 
     return evaluate_fn
 
@@ -72,11 +74,11 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
     test = load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir or None)
     train_x, train_y = train.to_tensors()
     test_x, test_y = test.to_tensors()
-    step = cfg.server_lr * (cfg.lr if cfg.local_mode == "fedsgd" else 1.0)
+    step = server_step(cfg.local_mode, cfg.lr, cfg.server_lr)
     return MIAReport(folder=folder.path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                      model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
                                                 in_channels=train.spec.channels),
-                     num_classes=train.spec.num_classes, compressor=cfg.compressor_spec(), step=step,
+                     num_classes=train.spec.num_classes, compressor=cfg.compressor_spec().to_dict(), step=step,
                      seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
 
 
@@ -109,12 +111,12 @@ def main(grid: Grid, context: Context) -> None:
     train = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir or None)
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
-    layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
-    if cfg.compressor != "none":
-        try:
-            check_level(layout, cfg.level)
-        except ValueError as err:
-            raise ConfigError(f"level={cfg.level} does not fit model={cfg.model!r}: {err}") from None
+    layout = model_layout(model)
+    try:
+        get_codec(cfg.compressor_spec(), layout).compressor()  # a level no tensor of this model fits
+    except ValueError as err:
+        raise ConfigError(f"compressor={cfg.compressor!r} level={cfg.level} does not fit "
+                          f"model={cfg.model!r}: {err}") from None
     check_num_partitions(cfg, len(train))
     resume_from = None
     if cfg.resume:
@@ -160,11 +162,10 @@ def main(grid: Grid, context: Context) -> None:
         return len(partition_indices(train.labels, num_partitions, partition_id, partitioner=cfg.partitioner,
                                      alpha=cfg.dirichlet_alpha, seed=cfg.seed))
 
-    strategy = CompressedFedAvg(cfg, layout, folder, evaluate_fn=make_evaluate_fn(cfg, model),
-                                on_intercept=attackers, resume_from=resume_from, num_train=len(train),
-                                partition_size=partition_size)
+    strategy = CompressedFedAvg(cfg, layout, folder, on_intercept=attackers, resume_from=resume_from,
+                                num_train=len(train), partition_size=partition_size)
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
-                            timeout=cfg.round_timeout)
+                            timeout=cfg.round_timeout, evaluate_fn=make_evaluate_fn(cfg, model))
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)

@@ -21,6 +21,7 @@ from fedtrust.data import load_dataset, partition_indices
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.records import REDACTED, RunFolder, redact_argv
 from fedtrust.robust import NormBound, l2_norm, lower_median
+from strategies.aggregation import aggregate, bound_norms
 from strategies.compressed_fedavg import CheckpointError, CompressedFedAvg, RejectedReply, load_checkpoint
 from strategies.server_app import check_resumable
 from tests.test_hostile_payloads import honest, pack, strategy_for
@@ -33,9 +34,9 @@ def replies_of(strat, content, scales):
         content["metrics"]["partition-id"] = pid
         payload = dict(content["payload"])
         content["payload"] = {k: (v * np.float32(scale) if v.dtype.kind == "f" else v) for k, v in payload.items()}
-        reply = strat.parse_reply(pid + 1, pack(content))
+        reply = strat.checker.parse_reply(pid + 1, pack(content))
         content["payload"] = payload
-        strat.decode(reply)
+        strat.exchange.decode(reply)
         out.append(reply)
     return out
 
@@ -60,9 +61,9 @@ def test_an_update_far_above_the_median_is_refused(compressor, tmp_path):
     strat = strategy_for(cfg, model, tmp_path)
     huge = 1e15 if compressor == "powersgd" else 1e30  # P and Q both scaled: the update by 1e30
     replies = replies_of(strat, content, [1.0, 1.5, huge])
-    kept, refused, clipped = strat.bound_norms(1, replies, model.state_dict())
+    kept, refused, clipped = bound_norms(strat.bound, 1, replies, model.state_dict())
     assert [r.partition_id for r in kept] == [0, 1] and refused == 1 and clipped == 0
-    new = strat.aggregate(model.state_dict(), kept)
+    new = aggregate(model.state_dict(), kept, strat.step)
     assert all(torch.isfinite(v).all() for v in new.values())
 
 
@@ -71,7 +72,7 @@ def test_clip_scales_an_outlier_down_to_the_bound(tmp_path):
     strat = strategy_for(cfg, model, tmp_path)
     replies = replies_of(strat, content, [1.0, 1.0, 1e6])
     median = l2_norm(replies[0].decoded.values())
-    kept, refused, clipped = strat.bound_norms(1, replies, model.state_dict())
+    kept, refused, clipped = bound_norms(strat.bound, 1, replies, model.state_dict())
     assert len(kept) == 3 and refused == 0 and clipped == 1
     assert l2_norm(kept[2].decoded.values()) == pytest.approx(4.0 * median, rel=1e-5)
     assert kept[2].scale == pytest.approx(4.0 / 1e6, rel=1e-5)
@@ -80,25 +81,25 @@ def test_clip_scales_an_outlier_down_to_the_bound(tmp_path):
 def test_the_bound_can_be_switched_off(tmp_path):
     cfg, model, content = honest("none", **{"max-norm-ratio": 0})
     strat = strategy_for(cfg, model, tmp_path)
-    kept, refused, _ = strat.bound_norms(1, replies_of(strat, content, [1.0, 1.0, 1e6]), model.state_dict())
+    kept, refused, _ = bound_norms(strat.bound, 1, replies_of(strat, content, [1.0, 1.0, 1e6]), model.state_dict())
     assert len(kept) == 3 and refused == 0
 
 
 def test_batchnorm_statistics_far_from_the_global_ones_are_refused(tmp_path):
     cfg, model, content = honest("none")
     strat = strategy_for(cfg, model, tmp_path)
-    strat.buffer_shapes = {"bn.running_mean": (4,)}
+    strat.checker.buffer_shapes = {"bn.running_mean": (4,)}
     state = {**model.state_dict(), "bn.running_mean": torch.zeros(4)}
     replies = []
     for pid, value in enumerate([0.1, 0.2, 1e30]):
         content["metrics"]["partition-id"] = pid
         content["buffers"] = {"bn.running_mean": np.full(4, value, np.float32)}
-        reply = strat.parse_reply(pid + 1, pack(content))
-        strat.decode(reply)
+        reply = strat.checker.parse_reply(pid + 1, pack(content))
+        strat.exchange.decode(reply)
         replies.append(reply)
-    kept, refused, _ = strat.bound_norms(1, replies, state)
+    kept, refused, _ = bound_norms(strat.bound, 1, replies, state)
     assert [r.partition_id for r in kept] == [0, 1] and refused == 1
-    assert float(strat.aggregate(state, kept)["bn.running_mean"].abs().max()) < 1
+    assert float(aggregate(state, kept, strat.step)["bn.running_mean"].abs().max()) < 1
 
 
 # --------------------------------------------------------------------------- who claims what (cases 2-4)
@@ -106,13 +107,13 @@ def test_a_repeated_partition_is_refused_for_every_claimant(tmp_path):
     cfg, model, content = honest("none")
     strat = strategy_for(cfg, model, tmp_path)
     content["metrics"].update({"partition-id": 0, "num-partitions": 2})
-    a, b = strat.parse_reply(7, pack(content)), strat.parse_reply(9, pack(content))
-    strat.settle_num_partitions([a, b])
+    a, b = strat.checker.parse_reply(7, pack(content)), strat.checker.parse_reply(9, pack(content))
+    strat.checker.settle_num_partitions([a, b])
     claims = {0: [7, 9]}
     for reply in (a, b):
         with pytest.raises(RejectedReply, match=r"claimed by nodes \[7, 9\]"):
-            strat.check_sender(reply, 1, claims)
-    strat.check_sender(a, 1, {0: [7]})  # alone, it passes
+            strat.checker.check_sender(reply, 1, claims)
+    strat.checker.check_sender(a, 1, {0: [7]})  # alone, it passes
 
 
 def test_an_intercepted_update_is_never_overwritten(tmp_path):
@@ -120,10 +121,10 @@ def test_an_intercepted_update_is_never_overwritten(tmp_path):
     strat = strategy_for(cfg, model, tmp_path)
     reply = replies_of(strat, content, [1.0])[0]
     path = strat.run_folder.intercepted_file(1, 0)
-    strat.intercept(1, [reply], model.state_dict())
+    strat.interceptor(1, [reply], model.state_dict())
     first = path.read_bytes()
     with pytest.raises(FileExistsError, match="never overwritten"):
-        strat.intercept(1, [reply], model.state_dict())
+        strat.interceptor(1, [reply], model.state_dict())
     assert path.read_bytes() == first
     assert not list(path.parent.glob("*.tmp"))
     assert InterceptedUpdate.load(path).partition_id == 0
@@ -135,7 +136,7 @@ def test_num_examples_must_be_a_whole_number(claim, tmp_path):
     strat = strategy_for(cfg, model, tmp_path)
     content["metrics"]["num-examples"] = claim
     with pytest.raises(RejectedReply, match="positive integer"):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,13 @@ def test_fedavg_num_examples_must_be_the_partition_size(tmp_path, sample_labels)
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=len(sample_labels),
                              partition_size=sizes_of(sample_labels, cfg))
     content["metrics"].update({"partition-id": 1, "num-partitions": 3, "num-examples": 1000})
-    reply = strat.parse_reply(2, pack(content))
-    strat.settle_num_partitions([reply])
-    strat.check_sender(reply, 1, {})  # the truth passes
+    reply = strat.checker.parse_reply(2, pack(content))
+    strat.checker.settle_num_partitions([reply])
+    strat.checker.check_sender(reply, 1, {})  # the truth passes
     content["metrics"]["num-examples"] = 3000  # 60% of the aggregate instead of a third
-    reply = strat.parse_reply(2, pack(content))
+    reply = strat.checker.parse_reply(2, pack(content))
     with pytest.raises(RejectedReply, match="not the 1000 that partition 1 of 3 gives"):
-        strat.check_sender(reply, 1, {})
+        strat.checker.check_sender(reply, 1, {})
 
 
 def test_fedsgd_num_examples_is_the_batch_or_the_attacked_batch(tmp_path, sample_labels):
@@ -171,9 +172,9 @@ def test_fedsgd_num_examples_is_the_batch_or_the_attacked_batch(tmp_path, sample
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=len(sample_labels),
                              partition_size=sizes_of(sample_labels, cfg))
-    strat.num_partitions = 3
-    assert strat.expected_examples(1, 0) == 8 and strat.expected_examples(1, 1) == 2
-    assert strat.expected_examples(2, 1) == 8
+    strat.checker.num_partitions = 3
+    assert strat.checker.expected_examples(1, 0) == 8 and strat.checker.expected_examples(1, 1) == 2
+    assert strat.checker.expected_examples(2, 1) == 8
 
 
 def test_partition_counts_are_bounded_and_agreed(tmp_path):
@@ -182,19 +183,19 @@ def test_partition_counts_are_bounded_and_agreed(tmp_path):
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=3000)
     content["metrics"]["num-partitions"] = 1_000_000
     with pytest.raises(RejectedReply, match="num-partitions=1000000 is more than the 3000 train samples"):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
     replies = []
     for node, num in [(1, 3), (2, 3), (3, 2)]:
         content["metrics"].update({"num-partitions": num, "partition-id": node % num})
-        replies.append(strat.parse_reply(node, pack(content)))
-    strat.settle_num_partitions(replies)
+        replies.append(strat.checker.parse_reply(node, pack(content)))
+    strat.checker.settle_num_partitions(replies)
     assert strat.num_partitions == 3  # the majority's
     with pytest.raises(RejectedReply, match="num-partitions=2 is not the run's 3"):
-        strat.check_sender(replies[2], 1, {})
+        strat.checker.check_sender(replies[2], 1, {})
     fixed = parse_run_config({"model": "convnet", "batch-size": 8, "num-partitions": 4})
     strat = CompressedFedAvg(fixed, layout, RunFolder.create(tmp_path, "fixed"), num_train=3000)
     with pytest.raises(RejectedReply, match="not the run's num-partitions=4"):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 # --------------------------------------------------------------------------- configuration (cases 7-9)

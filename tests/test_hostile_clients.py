@@ -73,7 +73,7 @@ def hostile(msg, context, call_next):
 
 app = ClientApp(mods=[hostile])
 app.train()(honest.train)
-app.train(protocol.POWERSGD_Q_ACTION)(honest.train_powersgd_q)
+app.train(protocol.EXCHANGE_ACTION)(honest.train_exchange)
 '''
 
 

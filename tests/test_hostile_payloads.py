@@ -14,12 +14,14 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedtrust import protocol
-from fedtrust.compression import get_compressor, layout_of
+from fedtrust.compression import get_codec, layout_of
 from fedtrust.config import parse_run_config
 from fedtrust.models import ConvNet
 from fedtrust.records import RunFolder
 from fedtrust.training import batch_gradient, buffer_state
+from strategies.aggregation import aggregate
 from strategies.compressed_fedavg import CompressedFedAvg, RejectedReply
+from strategies.exchanges import Tally
 
 
 def record(arrays):
@@ -33,14 +35,14 @@ def honest(compressor: str, level: int = 2, **extra):
     grads, _ = batch_gradient(model, x, y)
     cfg = parse_run_config({"model": "convnet", "compressor": compressor, "level": level,
                             "batch-size": 8, **extra})
-    comp = get_compressor(compressor, level=level, layout=layout_of(grads), **cfg.compressor_options())
-    allreduce = compressor == "powersgd" and cfg.powersgd_mode == "allreduce"
-    payload = comp.encode_p(grads) if allreduce else comp.encode(grads)
+    codec = get_codec(cfg.compressor_spec(), layout_of(grads))
+    comp = codec.compressor()
+    payload = codec.client_step(comp, 0, grads, {})
     content = {
         "payload": dict(payload.arrays),
         "buffers": {k: v.numpy() for k, v in buffer_state(model).items()},
         "metrics": {"num-examples": 8, "train-loss": 2.3, "uplink-bytes": payload.nbytes,
-                    "dense-bytes": comp.dense_nbytes(), "buffer-bytes": 0, "partition-id": 0},
+                    "dense-bytes": codec.dense_nbytes(), "buffer-bytes": 0, "partition-id": 0},
     }
     return cfg, model, content
 
@@ -48,7 +50,7 @@ def honest(compressor: str, level: int = 2, **extra):
 def strategy_for(cfg, model, tmp_path):
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"))
-    strat.buffer_shapes = {k: tuple(v.shape) for k, v in buffer_state(model).items()}
+    strat.checker.buffer_shapes = {k: tuple(v.shape) for k, v in buffer_state(model).items()}
     return strat
 
 
@@ -79,10 +81,10 @@ def test_hostile_payload_is_rejected_with_a_reason(case, tmp_path):
     compressor, corrupt, reason = CASES[case]
     cfg, model, content = honest(compressor)
     strat = strategy_for(cfg, model, tmp_path)
-    strat.parse_reply(1, pack(content))  # the honest reply passes
+    strat.checker.parse_reply(1, pack(content))  # the honest reply passes
     corrupt(content["payload"])
     with pytest.raises(RejectedReply, match=reason):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 @pytest.mark.parametrize(("field", "value", "reason"), [
@@ -102,7 +104,7 @@ def test_hostile_metrics_are_rejected(field, value, reason, tmp_path):
     content["metrics"]["partition-id"] = 1
     content["metrics"][field] = value
     with pytest.raises(RejectedReply, match=reason):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 @pytest.mark.parametrize(("name", "values", "reason"), [
@@ -113,12 +115,12 @@ def test_poisoned_batchnorm_buffers_are_rejected(name, values, reason, tmp_path)
     cfg, model, content = honest("none")
     # the ConvNet has no BatchNorm: give the server ResNet-like expectations by hand
     strat = strategy_for(cfg, model, tmp_path)
-    strat.buffer_shapes = {name: (4,)}
+    strat.checker.buffer_shapes = {name: (4,)}
     content["buffers"] = {name: np.ones(4, np.float32)}
-    strat.parse_reply(1, pack(content))  # honest statistics pass
+    strat.checker.parse_reply(1, pack(content))  # honest statistics pass
     content["buffers"] = {name: np.array(values, np.float32)}
     with pytest.raises(RejectedReply, match=reason):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 def test_missing_records_are_rejected(tmp_path):
@@ -127,27 +129,27 @@ def test_missing_records_are_rejected(tmp_path):
     rd = pack(content)
     del rd[protocol.PAYLOAD]
     with pytest.raises(RejectedReply, match="payload"):
-        strat.parse_reply(1, rd)
+        strat.checker.parse_reply(1, rd)
 
 
 def test_powersgd_second_exchange_rank_is_checked():
+    from fedtrust.compression import get_codec
     from fedtrust.compression.validate import PayloadError, validate_payload
-    layout = (("w", (64, 64)),)
-    spec = {"compressor": "powersgd", "level": 2, "mode": "allreduce"}
-    validate_payload({"q/w": np.zeros((64, 2), np.float32)}, spec, layout, phase="q")
+    codec = get_codec({"compressor": "powersgd", "level": 2, "mode": "allreduce"}, (("w", (64, 64)),))
+    validate_payload({"q/w": np.zeros((64, 2), np.float32)}, codec, exchange=1)
     with pytest.raises(PayloadError, match="rank 4"):
-        validate_payload({"q/w": np.zeros((64, 4), np.float32)}, spec, layout, phase="q")
+        validate_payload({"q/w": np.zeros((64, 4), np.float32)}, codec, exchange=1)
 
 
 def test_claimed_byte_counts_are_ignored_for_measured_ones(tmp_path):
     cfg, model, content = honest("topk")
     strat = strategy_for(cfg, model, tmp_path)
-    strat.buffer_shapes = {"bn.running_mean": (4,)}
+    strat.checker.buffer_shapes = {"bn.running_mean": (4,)}
     content["buffers"] = {"bn.running_mean": np.zeros(4, np.float32)}
     sent = sum(a.nbytes for a in content["payload"].values())
     # a client that claims to send almost nothing, and a dense model of any size it likes
     content["metrics"].update({"uplink-bytes": 1, "dense-bytes": 7, "buffer-bytes": 10**9})
-    reply = strat.parse_reply(1, pack(content))
+    reply = strat.checker.parse_reply(1, pack(content))
     assert reply.metrics["uplink-bytes"] == sent
     assert reply.metrics["dense-bytes"] == 4 * sum(p.numel() for p in model.parameters())
     assert reply.metrics["buffer-bytes"] == 16
@@ -166,10 +168,10 @@ def test_hostile_batch_indices_are_rejected(indices, reason, tmp_path):
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=100)
     rd = pack(content)
     rd[protocol.AUDIT] = record({"batch-indices": np.arange(8, dtype=np.int64)})
-    strat.parse_reply(1, rd)  # honest indices pass
+    strat.checker.parse_reply(1, rd)  # honest indices pass
     rd[protocol.AUDIT] = record({"batch-indices": indices})
     with pytest.raises(RejectedReply, match=reason):
-        strat.parse_reply(1, rd)
+        strat.checker.parse_reply(1, rd)
 
 
 def test_fedavg_cannot_claim_more_examples_than_the_train_split(tmp_path):
@@ -179,7 +181,7 @@ def test_fedavg_cannot_claim_more_examples_than_the_train_split(tmp_path):
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=3000)
     content["metrics"]["num-examples"] = 10**12  # would outweigh every honest client
     with pytest.raises(RejectedReply, match="train samples"):
-        strat.parse_reply(1, pack(content))
+        strat.checker.parse_reply(1, pack(content))
 
 
 def test_unreadable_arrays_are_rejected_not_raised(tmp_path):
@@ -188,7 +190,7 @@ def test_unreadable_arrays_are_rejected_not_raised(tmp_path):
     rd = pack(content)
     rd[protocol.PAYLOAD]["dense/fc.bias"] = Array(dtype="float32", shape=(10,), stype="numpy.ndarray", data=b"")
     with pytest.raises(RejectedReply, match="unreadable"):
-        strat.parse_reply(1, rd)
+        strat.checker.parse_reply(1, rd)
 
 
 def test_a_record_of_the_wrong_kind_is_rejected_not_raised(tmp_path):
@@ -197,20 +199,20 @@ def test_a_record_of_the_wrong_kind_is_rejected_not_raised(tmp_path):
     rd = pack(content)
     rd[protocol.PAYLOAD] = ConfigRecord({"dense/fc.bias": 1.0})  # not arrays at all
     with pytest.raises(RejectedReply, match="unreadable reply"):
-        strat.parse_reply(1, rd)
+        strat.checker.parse_reply(1, rd)
 
 
 def test_finite_powersgd_factors_that_decode_to_inf_are_rejected(tmp_path):
     """p and q pass every array check (finite, right shapes) but their product overflows float32."""
     cfg, model, content = honest("powersgd", **{"powersgd-mode": "local"})
     strat = strategy_for(cfg, model, tmp_path)
-    reply = strat.parse_reply(1, pack(content))
-    strat.decode(reply)  # the honest reply decodes
+    reply = strat.checker.parse_reply(1, pack(content))
+    strat.exchange.decode(reply)  # the honest reply decodes
     for key in [k for k in content["payload"] if k.startswith(("p/", "q/"))]:
         content["payload"][key] = np.full_like(content["payload"][key], 3e30)
-    reply = strat.parse_reply(1, pack(content))
+    reply = strat.checker.parse_reply(1, pack(content))
     with pytest.raises(RejectedReply, match="not finite"):
-        strat.decode(reply)
+        strat.exchange.decode(reply)
 
 
 def test_a_failing_attacker_does_not_stop_interception(tmp_path):
@@ -225,10 +227,10 @@ def test_a_failing_attacker_does_not_stop_interception(tmp_path):
     replies = []
     for pid in (0, 5):  # partition 5 of an unknown number of partitions is intercepted too
         content["metrics"]["partition-id"] = pid
-        reply = strat.parse_reply(pid + 1, pack(content))
-        strat.decode(reply)
+        reply = strat.checker.parse_reply(pid + 1, pack(content))
+        strat.exchange.decode(reply)
         replies.append(reply)
-    strat.intercept(1, replies, model.state_dict())
+    strat.interceptor(1, replies, model.state_dict())
     assert [item.partition_id for item in seen] == [0, 5]
     assert len(strat.attack_errors) == 2 and "attack blew up" in strat.attack_errors[0]
 
@@ -237,7 +239,7 @@ def _accepted(strat, content, node_ids=(1, 2)):
     replies = []
     for node in node_ids:
         content["metrics"]["partition-id"] = node - 1
-        reply = strat.parse_reply(node, pack(content))
+        reply = strat.checker.parse_reply(node, pack(content))
         replies.append(reply)
     return replies
 
@@ -250,9 +252,9 @@ def test_finite_updates_that_step_the_model_to_inf_are_refused(tmp_path):
         content["payload"][key] = np.full_like(content["payload"][key], 3e38)  # finite, the sum is not
     replies = _accepted(strat, content)
     for reply in replies:
-        strat.decode(reply)
+        strat.exchange.decode(reply)
     with pytest.raises(RejectedReply, match="not finite"):
-        strat.aggregate(model.state_dict(), replies)
+        aggregate(model.state_dict(), replies, strat.step)
 
 
 def test_powersgd_p_that_average_to_inf_reject_the_round_before_the_second_exchange(tmp_path):
@@ -262,20 +264,27 @@ def test_powersgd_p_that_average_to_inf_reject_the_round_before_the_second_excha
         content["payload"][key] = np.full_like(content["payload"][key], 3e38)
     replies = _accepted(strat, content)
     # returns before any message is sent: no grid is needed
-    assert strat._powersgd_second_exchange(None, 1, replies, timeout=1.0) == ([], 2, 0)
+    tally = Tally()
+    assert strat.exchange.later(None, 1, replies, timeout=1.0, tally=tally) == []
+    assert (tally.rejected, tally.failed) == (2, 0)
 
 
 def test_a_q_that_averages_to_inf_does_not_become_the_warm_start(tmp_path):
     cfg, model, content = honest("powersgd")
     strat = strategy_for(cfg, model, tmp_path)
-    before = {k: v.copy() for k, v in strat.q_shared.items()}
+    server = strat.server
+    before = {k: v.copy() for k, v in server.q_shared.items()}
     replies = _accepted(strat, content)
     for reply in replies:
         reply.payload = {**reply.payload,
-                         **{f"q/{k}": np.full_like(v, 3e38) for k, v in strat.q_shared.items()}}
-    assert not strat.update_warm_start(replies)
-    assert all(np.array_equal(strat.q_shared[k], before[k]) for k in before)
+                         **{f"q/{k}": np.full_like(v, 3e38) for k, v in server.q_shared.items()}}
+
+    def end_round():
+        return server.end_round([r.payload for r in replies], [r.weight for r in replies], [r.scale for r in replies])
+
+    assert not end_round()
+    assert all(np.array_equal(server.q_shared[k], before[k]) for k in before)
     for reply in replies:  # honest Q's are taken
-        reply.payload.update({f"q/{k}": np.ones_like(v) for k, v in strat.q_shared.items()})
-    assert strat.update_warm_start(replies)
-    assert all(np.allclose(v, 1.0) for v in strat.q_shared.values())
+        reply.payload.update({f"q/{k}": np.ones_like(v) for k, v in server.q_shared.items()})
+    assert end_round()
+    assert all(np.allclose(v, 1.0) for v in server.q_shared.values())

@@ -1,9 +1,13 @@
-"""Update compressors: ``none``, ``powersgd`` and ``topk``.
+"""Update compressors, one codec module each, found through a registry.
 
-Build one with :func:`get_compressor`; the wire format is documented in
-:mod:`fedtrust.compression.base`. The PowerSGD server side of the two-exchange
-``allreduce`` protocol is :func:`aggregate_p`, :func:`aggregate_q` and
-:func:`decode_allreduce`.
+A codec (:class:`~fedtrust.compression.codec.Codec`) owns everything about one
+compressor: encode and decode, the arrays of each exchange and their validation, the
+server's side of its protocol and public state, and the linear maps from a gradient to
+what was sent (:mod:`fedtrust.compression.views`). The codecs live in
+:mod:`fedtrust.compression.codecs` (``none``, ``powersgd``, ``topk``); build one with
+:func:`get_codec` from a :class:`CompressorSpec`, or a bare per-client compressor with
+:func:`get_compressor`. The wire format shared by all is in
+:mod:`fedtrust.compression.base`.
 """
 
 from __future__ import annotations
@@ -25,53 +29,39 @@ from fedtrust.compression.base import (
     max_compressible_level,
     powersgd_values_per_tensor,
 )
-from fedtrust.compression.none import NoCompressor
-from fedtrust.compression.powersgd import (
-    MODES as POWERSGD_MODES,
+from fedtrust.compression.codec import ArraySpec, Codec, CodecOption, NonFiniteAggregate, ServerProtocol
+from fedtrust.compression.registry import (
+    codec_class,
+    codec_names,
+    compressor_config_keys,
+    get_codec,
+    register,
+    spec_from_run_config,
 )
-from fedtrust.compression.powersgd import (
-    PowerSGDCompressor,
-    aggregate_p,
-    aggregate_q,
-    decode_allreduce,
-    initial_q,
-    orthogonalize,
-)
-from fedtrust.compression.topk import SCOPES as TOPK_SCOPES
-from fedtrust.compression.topk import TopKCompressor
-
-COMPRESSOR_NAMES = ("none", "powersgd", "topk")
-
-_CLASSES: dict[str, type[Compressor]] = {
-    "none": NoCompressor,
-    "powersgd": PowerSGDCompressor,
-    "topk": TopKCompressor,
-}
+from fedtrust.compression.spec import CompressorSpec
+from fedtrust.compression.views import View, apply_view, apply_view_batched
 
 
 def compressor_options(name: str) -> tuple[str, ...]:
     """The keyword options (besides ``level`` and ``layout``) compressor ``name`` accepts."""
-    if name not in _CLASSES:
-        raise ValueError(f"compressor={name!r} is not known; allowed: {', '.join(COMPRESSOR_NAMES)}")
-    params = inspect.signature(_CLASSES[name].__init__).parameters
+    params = inspect.signature(codec_class(name).compressor_type.__init__).parameters
     return tuple(p for p in params if p not in ("self", "level", "layout"))
 
 
 def get_compressor(name: str, level: int = 1, layout: Layout | None = None,
                    **options: Any) -> Compressor:
-    """Build a compressor by name.
+    """Build a bare per-client compressor by name (its codec's ``compressor_type``).
 
     Parameters
     ----------
     name:
-        ``"none"``, ``"powersgd"`` or ``"topk"``.
+        A registered compressor (:func:`codec_names`).
     level:
-        PowerSGD's rank r, or Top-K's "Level r" (ignored by ``none``).
+        The compression level (ignored by compressors without levels).
     layout:
         Names and shapes of the update (needed to ``decode`` before any ``encode``).
     **options:
-        ``error_feedback`` (all); ``mode``, ``seed``, ``min_compression_rate``
-        (powersgd); ``scope``, ``min_compression_rate`` (topk).
+        ``error_feedback`` and the compressor's own options (:func:`compressor_options`).
 
     Raises
     ------
@@ -91,32 +81,36 @@ def get_compressor(name: str, level: int = 1, layout: Layout | None = None,
     if "seed" in options and (isinstance(options["seed"], bool)
                               or not isinstance(options["seed"], numbers.Integral)):
         raise ValueError(f"seed={options['seed']!r} must be an integer")
-    return _CLASSES[name](level=level, layout=layout, **options)
+    return codec_class(name).compressor_type(level=level, layout=layout, **options)
 
 
 __all__ = [
-    "COMPRESSOR_NAMES",
     "MIN_COMPRESSION_RATE",
-    "POWERSGD_MODES",
-    "TOPK_SCOPES",
+    "ArraySpec",
+    "Codec",
+    "CodecOption",
     "Compressor",
+    "CompressorSpec",
     "Layout",
-    "NoCompressor",
+    "NonFiniteAggregate",
     "Payload",
-    "PowerSGDCompressor",
-    "TopKCompressor",
-    "aggregate_p",
-    "aggregate_q",
+    "ServerProtocol",
+    "View",
+    "apply_view",
+    "apply_view_batched",
     "check_level",
+    "codec_class",
+    "codec_names",
     "compressible_names",
+    "compressor_config_keys",
     "compressor_options",
-    "decode_allreduce",
+    "get_codec",
     "get_compressor",
-    "initial_q",
     "is_compressible",
     "layout_numel",
     "layout_of",
     "max_compressible_level",
-    "orthogonalize",
     "powersgd_values_per_tensor",
+    "register",
+    "spec_from_run_config",
 ]

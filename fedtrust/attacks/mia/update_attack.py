@@ -13,17 +13,10 @@ in the client's batch? Four scores, higher = more likely a member:
     The same cosine, but only over what crossed the network, transformed the
     way the client's update was (a linear map ``T`` applied to both sides):
 
-    * dense tensors (``dense/{name}``): the gradient itself;
-    * Top-K, ``scope="global"``: the candidate's gradient at the sent positions
-      ``indices`` of the concatenated flattened compressible tensors (layout
-      order), against ``values``; ``scope="layer"``: per tensor, ``indices/{name}``
-      against ``values/{name}``;
-    * PowerSGD ``allreduce``: with ``M`` the candidate's gradient as an
-      ``(n, m)`` matrix, ``M Q`` against ``p/{name}`` (``Q`` = the public
-      ``Q/{name}``) and ``M^T P_hat`` against ``q/{name}`` (``P_hat`` = the public
-      ``P_hat/{name}``, else the orthogonalised ``p/{name}``);
-    * PowerSGD ``local``: ``M^T p`` against ``q/{name}`` (``p/{name}`` is already
-      orthogonal).
+    the codec's views (:meth:`fedtrust.compression.codec.Codec.views`), the same
+    linear maps the adaptive gradient-inversion attacker matches (each codec
+    module documents its own: dense tensors as they are, Top-K's gathered
+    positions, PowerSGD's ``M Q`` and ``M^T P_hat``).
 
     The pieces are concatenated into one vector per candidate and compared
     with the concatenated observed pieces. Compression discards the rest of the
@@ -62,6 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -72,8 +66,9 @@ from tqdm.auto import tqdm
 
 from fedtrust.attacks.mia.result import MIAResult, evaluate_scores
 from fedtrust.attacks.mia.sampling import draw_membership_split
-from fedtrust.compression.base import Payload, matrix_shape
-from fedtrust.compression.powersgd import orthogonalize
+from fedtrust.compression import CompressorSpec, get_codec
+from fedtrust.compression.base import Payload
+from fedtrust.compression.views import apply_view_batched
 
 #: Names of the update attacks, in report order.
 UPDATE_ATTACKS: tuple[str, ...] = ("update_cosine", "update_cosine_aware", "update_loss_drop",
@@ -148,97 +143,34 @@ def _tensor(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Ten
 
 
 # ------------------------------------------------------------------ what was sent
-def observed_pieces(payload: Payload | Mapping[str, np.ndarray], compressor_spec: Mapping[str, object],
+def observed_pieces(payload: Payload | Mapping[str, np.ndarray],
+                    compressor_spec: CompressorSpec | Mapping[str, object],
                     public_state: Mapping[str, np.ndarray], layout: tuple[tuple[str, tuple[int, ...]], ...],
                     device: torch.device | str = "cpu") -> list[ObservedPiece]:
-    """The transmitted arrays of one payload, each with the map that produces it from a gradient.
+    """The transmitted arrays of one payload, each with the linear map that produces it from a gradient.
+
+    The pieces are the codec's views (:meth:`fedtrust.compression.codec.Codec.views`, the
+    same the adaptive gradient-inversion attacker matches), in the codec's order.
 
     Parameters
     ----------
     payload:
         The arrays the client sent (wire format of :mod:`fedtrust.compression.base`).
     compressor_spec:
-        ``{"compressor": "none" | "topk" | "powersgd", ...}``; PowerSGD's ``mode``
-        (default ``"allreduce"``) picks the protocol. Top-K's scope is read from
-        the payload (``values`` vs ``values/{name}``).
+        The compressor spec (or its dict form).
     public_state:
-        PowerSGD's ``Q/{name}`` and ``P_hat/{name}``.
+        What the server knows with the payload (PowerSGD's ``Q/{name}`` and ``P_hat/{name}``).
     layout:
         ``(name, shape)`` of the trainable parameters, in model order.
     device:
         Where the observed tensors are put.
-
-    Returns
-    -------
-    list[ObservedPiece]
-        In layout order; Top-K global's single piece comes after the dense ones.
     """
     device = torch.device(device)
-    arrays = _as_arrays(payload)
-    name = str(compressor_spec.get("compressor", "none"))
-    shapes = dict(layout)
-    pieces: list[ObservedPiece] = []
-    for pname, shape in layout:
-        if f"dense/{pname}" in arrays:
-            pieces.append(ObservedPiece(
-                f"dense/{pname}", _tensor(arrays[f"dense/{pname}"], device).reshape(-1),
-                lambda g, n=pname: g[n].reshape(g[n].shape[0], -1)))
-    dense = {p.key[len("dense/"):] for p in pieces}
-    sparse_names = [pname for pname, _ in layout if pname not in dense]
-
-    if name == "none":
-        if sparse_names:
-            raise ValueError(f"compressor 'none' but no dense/ arrays for {sparse_names}")
-    elif name == "topk":
-        if "values" in arrays:
-            idx = torch.as_tensor(np.asarray(arrays["indices"], dtype=np.int64), device=device)
-
-            def gather_global(g: Mapping[str, torch.Tensor], names: tuple[str, ...] = tuple(sparse_names),
-                              index: torch.Tensor = idx) -> torch.Tensor:
-                b = g[names[0]].shape[0]
-                return torch.cat([g[n].reshape(b, -1) for n in names], dim=1)[:, index]
-
-            pieces.append(ObservedPiece("values", _tensor(arrays["values"], device).reshape(-1),
-                                        gather_global))
-        else:
-            for pname in sparse_names:
-                if f"values/{pname}" not in arrays:
-                    raise ValueError(f"topk payload has neither 'values' nor 'values/{pname}'")
-                idx = torch.as_tensor(np.asarray(arrays[f"indices/{pname}"], dtype=np.int64),
-                                      device=device)
-                pieces.append(ObservedPiece(
-                    f"values/{pname}", _tensor(arrays[f"values/{pname}"], device).reshape(-1),
-                    lambda g, n=pname, index=idx: g[n].reshape(g[n].shape[0], -1)[:, index]))
-    elif name == "powersgd":
-        mode = str(compressor_spec.get("mode", "allreduce"))
-        if mode not in ("allreduce", "local"):
-            raise ValueError(f"powersgd mode={mode!r} is not known; allowed: allreduce, local")
-        for pname in sparse_names:
-            if f"p/{pname}" not in arrays or f"q/{pname}" not in arrays:
-                raise ValueError(f"powersgd payload lacks p/{pname} or q/{pname}")
-            n, m = matrix_shape(shapes[pname])
-            p_sent = _tensor(arrays[f"p/{pname}"], device)
-            q_sent = _tensor(arrays[f"q/{pname}"], device)
-            if mode == "allreduce":
-                if f"Q/{pname}" not in public_state:
-                    raise ValueError(f"powersgd allreduce needs the public Q/{pname}")
-                q_pub = _tensor(public_state[f"Q/{pname}"], device)
-                p_hat = (_tensor(public_state[f"P_hat/{pname}"], device)
-                         if f"P_hat/{pname}" in public_state else orthogonalize(p_sent))
-                pieces.append(ObservedPiece(
-                    f"p/{pname}", p_sent.reshape(-1),
-                    lambda g, k=pname, nm=(n, m), q=q_pub: (g[k].reshape(-1, *nm) @ q).flatten(1)))
-            else:
-                p_hat = p_sent
-            pieces.append(ObservedPiece(
-                f"q/{pname}", q_sent.reshape(-1),
-                lambda g, k=pname, nm=(n, m), p=p_hat: (g[k].reshape(-1, *nm).transpose(1, 2) @ p
-                                                         ).flatten(1)))
-    else:
-        raise ValueError(f"compressor={name!r} is not known; allowed: none, powersgd, topk")
-    if not pieces:
+    views = get_codec(compressor_spec, layout).views(_as_arrays(payload), dict(public_state))
+    if not views:
         raise ValueError("the payload holds nothing to compare with")
-    return pieces
+    return [ObservedPiece(v.name, v.observed.reshape(-1).to(device), partial(apply_view_batched, v.to(device)))
+            for v in views]
 
 
 # ------------------------------------------------------------------ scores

@@ -8,6 +8,11 @@ tensors the largest magnitudes are kept, either over all of them together
 tensor (``scope="layer"``, r(n + m) each; ``values/{name}`` and ``indices/{name}``).
 Indices are int32 and sorted ascending. With error feedback the residual is
 ``M - sparse(M)``: what was not sent is added to the next update.
+
+Views (what the adaptive attacker and the update membership attack match): the dense
+tensors as sent, and the gradient gathered at the sent ``indices`` (``scope="global"``:
+positions in the concatenation of the flattened compressible tensors, in layout
+order; ``"layer"``: per tensor) against the sent ``values``.
 """
 
 from __future__ import annotations
@@ -23,11 +28,15 @@ from fedtrust.compression.base import (
     Layout,
     LevelledCompressor,
     Payload,
+    compressible_names,
     dense_from_payload,
     from_wire,
     powersgd_values_per_tensor,
     to_wire,
 )
+from fedtrust.compression.codec import ArraySpec, Codec, CodecOption
+from fedtrust.compression.registry import register
+from fedtrust.compression.views import View, as_tensor, dense_views
 
 SCOPES = ("global", "layer")
 
@@ -187,3 +196,77 @@ class TopKCompressor(LevelledCompressor):
         """Name and options, for run records."""
         return {**super().describe(), "scope": self.scope,
                 "min_compression_rate": self.min_compression_rate}
+
+
+@register
+class TopKCodec(Codec):
+    """Top-K at PowerSGD rank r's budget: one exchange; indices and values per scope."""
+
+    name = "topk"
+    family = "topk"
+    compressor_type = TopKCompressor
+    display = "Top-K"
+    options = (CodecOption("topk-scope", "scope", SCOPES),)
+    style = ("tab:orange", "^")
+
+    @classmethod
+    def label(cls, level: int) -> str:
+        return f"Top-K SGD (Level {level})*"
+
+    @classmethod
+    def tag(cls, level: int) -> str:
+        return f"L{level}"
+
+    @property
+    def scope(self) -> str:
+        return str(self.spec.option("scope", "global"))
+
+    @property
+    def rate(self) -> float:
+        return float(self.spec.option("min_compression_rate", MIN_COMPRESSION_RATE))
+
+    def _sparse(self) -> list[str]:
+        return compressible_names(self.layout, self.spec.level, self.rate)
+
+    def expected_arrays(self, exchange: int | None = None) -> dict[str, ArraySpec]:
+        sparse = set(self._sparse())
+        out = {f"dense/{n}": ArraySpec(s, "float32") for n, s in self.layout if n not in sparse}
+        budget = powersgd_values_per_tensor(self.layout, self.spec.level, self.rate)
+        if self.scope == "global":
+            k = sum(budget[n] for n in sparse)
+            return {**out, "values": ArraySpec((k,), "float32"), "indices": ArraySpec((k,), "int32")}
+        for n, _ in self.layout:
+            if n in sparse:
+                out[f"values/{n}"] = ArraySpec((budget[n],), "float32")
+                out[f"indices/{n}"] = ArraySpec((budget[n],), "int32")
+        return out
+
+    def index_bounds(self) -> dict[str, int]:
+        """Exclusive upper bound of each index array."""
+        sizes = {n: math.prod(s) for n, s in self.layout}
+        if self.scope == "global":
+            return {"indices": sum(sizes[n] for n in self._sparse())}
+        return {f"indices/{n}": sizes[n] for n in self._sparse()}
+
+    def check_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Indices in range and distinct."""
+        from fedtrust.compression.validate import validate_indices
+
+        for key, bound in self.index_bounds().items():
+            validate_indices(arrays[key], bound, key)
+
+    def decode(self, arrays: Mapping[str, np.ndarray],
+               public_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.compressor().decode(Payload(dict(arrays)))
+
+    def views(self, arrays: Mapping[str, np.ndarray],
+              public_state: Mapping[str, np.ndarray]) -> list[View]:
+        views = dense_views(arrays, self.layout)
+        sparse = [n for n, _ in self.layout if f"dense/{n}" not in arrays]
+        if self.scope == "global":
+            return views + [View("values", "gather", tuple(sparse),
+                                 (as_tensor(arrays["indices"], torch.int64).reshape(-1),),
+                                 as_tensor(arrays["values"]).reshape(-1))]
+        return views + [View(f"values/{n}", "gather", (n,),
+                             (as_tensor(arrays[f"indices/{n}"], torch.int64).reshape(-1),),
+                             as_tensor(arrays[f"values/{n}"]).reshape(-1)) for n in sparse]

@@ -1,9 +1,13 @@
-"""No compression: every tensor crosses the network as it is (``dense/{name}``)."""
+"""No compression (the paper's "Original SGD"): every tensor crosses the network as it is.
+
+Wire format: ``dense/{name}`` for every parameter. Both attackers see the gradient itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from fedtrust.compression.base import (
@@ -13,6 +17,9 @@ from fedtrust.compression.base import (
     dense_from_payload,
     to_wire,
 )
+from fedtrust.compression.codec import ArraySpec, Codec
+from fedtrust.compression.registry import register
+from fedtrust.compression.views import View, dense_views
 
 
 class NoCompressor(Compressor):
@@ -44,3 +51,35 @@ class NoCompressor(Compressor):
         if self.layout is None:
             raise RuntimeError("none: layout unknown: encode an update or pass layout=")
         return {name: dense_from_payload(payload, name, shape) for name, shape in self.layout}
+
+
+@register
+class NoneCodec(Codec):
+    """Plain SGD: the dense update, one exchange, no public state."""
+
+    name = "none"
+    family = "sgd"
+    compressor_type = NoCompressor
+    display = "SGD"
+    levelled = False
+    has_error_feedback = False
+    style = ("black", "o")
+
+    @classmethod
+    def label(cls, level: int) -> str:
+        return "Original SGD"
+
+    @classmethod
+    def tag(cls, level: int) -> str:
+        return "SGD"
+
+    def expected_arrays(self, exchange: int | None = None) -> dict[str, ArraySpec]:
+        return {f"dense/{n}": ArraySpec(s, "float32") for n, s in self.layout}
+
+    def decode(self, arrays: Mapping[str, np.ndarray],
+               public_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {name: dense_from_payload(Payload(dict(arrays)), name, shape) for name, shape in self.layout}
+
+    def views(self, arrays: Mapping[str, np.ndarray],
+              public_state: Mapping[str, np.ndarray]) -> list[View]:
+        return dense_views(arrays, self.layout, require_all=True)

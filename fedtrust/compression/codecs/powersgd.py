@@ -34,6 +34,24 @@ Two protocols (see ``docs/architecture.md``):
 ``mode="local"``
     One exchange: the client orthogonalises its own ``P`` and sends ``p/`` = P-hat
     and ``q/`` = Q; ``decode`` is ``P Q^T``.
+
+What the server knows (:class:`PowerSGDServer`): ``Q/{name}``, the orthogonalised Q the
+client multiplied with (all-reduce: the shared Q-bar of the last round, or the seeded
+start; local: the client's own last ``q/``, or the seeded start), and ``P_hat/{name}``
+(all-reduce: the P-hat the server computed; local: the client's ``p/``).
+
+Views (what the adaptive attacker and the update membership attack match), with ``G``
+a gradient viewed as ``(n, m)``:
+
+* all-reduce: ``G Q`` against ``p/{name}`` (``= M Q``) and ``G^T P_hat`` against
+  ``q/{name}`` (``= M^T P_hat``; without a public P-hat, a single worker's ``orth(p)``);
+* local: ``G^T p`` against ``q/{name}`` and, when Q is known, ``G Q`` against
+  ``p (q^T Q)``: since ``p = orth(M Q)`` spans the columns of ``M Q``,
+  ``M Q = p p^T M Q = p (q^T Q)``, which the server can compute.
+
+A public ``Q/{name}`` that is not orthonormal (a warm start kept before ``orth``) is
+orthogonalised as the client does; an orthonormal one is used as it is (re-running QR
+could flip its columns' signs).
 """
 
 from __future__ import annotations
@@ -51,9 +69,14 @@ from fedtrust.compression.base import (
     compressible_names,
     dense_from_payload,
     from_wire,
+    is_compressible,
     matrix_shape,
     to_wire,
 )
+from fedtrust.compression.codec import ArraySpec, Codec, CodecOption, NonFiniteAggregate, ServerProtocol
+from fedtrust.compression.registry import register
+from fedtrust.compression.views import View, as_tensor, dense_views
+from fedtrust.robust import NormBound, Verdict, l2_norm
 
 MODES = ("allreduce", "local")
 
@@ -430,3 +453,207 @@ class PowerSGDCompressor(LevelledCompressor):
         """Name and options, for run records."""
         return {**super().describe(), "mode": self.mode, "seed": self.seed,
                 "min_compression_rate": self.min_compression_rate}
+
+
+def _q_used(q: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The Q a client multiplies with: its warm-start Q, orthogonalised (as PyTorch's hook)."""
+    return {f"Q/{k}": orthogonalize(torch.from_numpy(np.array(v, dtype=np.float32))).numpy()
+            for k, v in q.items()}
+
+
+def orthonormal_q(q: torch.Tensor, atol: float = 1e-4) -> torch.Tensor:
+    """The orthonormal Q that P was computed with, from a public ``Q/{name}`` (see the module docstring)."""
+    eye = torch.eye(q.shape[1], dtype=q.dtype)
+    if torch.allclose(q.T @ q, eye, atol=atol):
+        return q
+    return orthogonalize(q)
+
+
+def _prefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def _scaled(arrays: Mapping[str, np.ndarray], prefix: str, scale: float) -> Payload:
+    """The arrays with those under ``prefix`` multiplied by ``scale`` (as float32)."""
+    if scale == 1.0:
+        return Payload(dict(arrays))
+    return Payload({k: (v * np.float32(scale) if k.startswith(prefix) else v) for k, v in arrays.items()})
+
+
+def _finite(arrays: Mapping[str, np.ndarray]) -> bool:
+    return all(np.isfinite(v).all() for v in arrays.values())
+
+
+class PowerSGDServer(ServerProtocol):
+    """The server's PowerSGD state: the shared warm start (all-reduce) or each client's last Q (local).
+
+    One client's P must not steer P-hat (every client's next Q is ``M_i^T P-hat``): in
+    :meth:`respond` a P above the norm bound is scaled down to it for the average,
+    whatever ``max-norm-action`` says. A clipped update's Q counts scaled like its update
+    in Q-bar (the decoded update is linear in Q_i).
+    """
+
+    codec: PowerSGDCodec
+
+    def __init__(self, codec: PowerSGDCodec) -> None:
+        super().__init__(codec)
+        q0 = initial_q(codec.layout, codec.spec.level, codec.seed, codec.rate)
+        self.q_shared: dict[str, np.ndarray] = {k: v.numpy() for k, v in q0.items()}
+        self.q_last: dict[int, dict[str, np.ndarray]] = {}
+        self.p_hat: dict[str, np.ndarray] = {}
+
+    def broadcast(self, server_round: int) -> dict[str, np.ndarray]:
+        return dict(self.q_shared) if self.codec.allreduce and server_round > 1 else {}
+
+    def respond(self, exchange: int, payloads: Sequence[Mapping[str, np.ndarray]],
+                weights: Sequence[float], bound: NormBound) -> tuple[dict[str, np.ndarray], list[Verdict]]:
+        verdicts = bound.judge([l2_norm(v for k, v in p.items() if k.startswith("p/")) for p in payloads],
+                               action="clip")
+        p_hat = aggregate_p([_scaled(p, "p/", v.scale) for p, v in zip(payloads, verdicts)], weights)
+        if not _finite(p_hat):
+            raise NonFiniteAggregate("the clients' P do not average to a finite P-hat")
+        self.p_hat = p_hat
+        return p_hat, verdicts
+
+    def decode(self, node_id: int, arrays: Mapping[str, np.ndarray]
+               ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+        payload = Payload(dict(arrays))
+        if self.codec.allreduce:
+            decoded = decode_allreduce(self.p_hat, payload, payload, self.codec.layout)
+            return decoded, {**_q_used(self.q_shared), **{f"P_hat/{k}": v for k, v in self.p_hat.items()}}
+        decoded = self.codec.compressor().decode(payload)
+        public = {**_q_used(self.q_last.get(node_id, self.q_shared)),
+                  **{f"P_hat/{k}": v for k, v in _prefixed(arrays, "p/").items()}}
+        self.q_last[node_id] = _prefixed(arrays, "q/")
+        return decoded, public
+
+    def end_round(self, payloads: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float],
+                  scales: Sequence[float]) -> bool:
+        if not self.codec.allreduce:
+            return True
+        q_bar = aggregate_q([_scaled(p, "q/", s) for p, s in zip(payloads, scales)], weights)
+        if not _finite(q_bar):
+            return False  # one hostile Q must not poison every later round's warm start
+        self.q_shared = q_bar
+        return True
+
+    def state_dict(self) -> dict[str, object]:
+        def tensors(d: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d.items()}
+        return {"q_shared": tensors(self.q_shared),
+                "q_last": {int(k): tensors(v) for k, v in self.q_last.items()}}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self.q_shared = {k: v.numpy() for k, v in state.get("q_shared", {}).items()} or self.q_shared
+        self.q_last = {int(k): {n: t.numpy() for n, t in v.items()} for k, v in state.get("q_last", {}).items()}
+
+
+@register
+class PowerSGDCodec(Codec):
+    """PowerSGD rank r: two exchanges (all-reduce) or one (local); see the module docstring."""
+
+    name = "powersgd"
+    family = "powersgd"
+    compressor_type = PowerSGDCompressor
+    display = "PowerSGD"
+    options = (CodecOption("powersgd-mode", "mode", MODES), CodecOption("seed", "seed"))
+    style = ("tab:blue", "s")
+
+    @classmethod
+    def label(cls, level: int) -> str:
+        return f"PowerSGD (Rank {level})"
+
+    @classmethod
+    def tag(cls, level: int) -> str:
+        return f"r{level}"
+
+    @property
+    def mode(self) -> str:
+        return str(self.spec.option("mode", "allreduce"))
+
+    @property
+    def allreduce(self) -> bool:
+        return self.mode == "allreduce"
+
+    @property
+    def exchanges(self) -> int:  # type: ignore[override]
+        return 2 if self.allreduce else 1
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.option("seed", 0))
+
+    @property
+    def rate(self) -> float:
+        return float(self.spec.option("min_compression_rate", MIN_COMPRESSION_RATE))
+
+    def expected_arrays(self, exchange: int | None = None) -> dict[str, ArraySpec]:
+        level = self.spec.level
+        want_p = exchange in (None, 0) or not self.allreduce
+        want_q = exchange in (None, 1) or not self.allreduce
+        out: dict[str, ArraySpec] = {}
+        for name, shape in self.layout:
+            if not is_compressible(shape, level, self.rate):
+                if want_p:
+                    out[f"dense/{name}"] = ArraySpec(shape, "float32")
+                continue
+            rows, cols = matrix_shape(shape)
+            if want_p:
+                out[f"p/{name}"] = ArraySpec((rows, level), "float32")
+            if want_q:
+                out[f"q/{name}"] = ArraySpec((cols, level), "float32")
+        return out
+
+    def client_step(self, compressor: PowerSGDCompressor, exchange: int,
+                    update: Mapping[str, torch.Tensor] | None,
+                    received: Mapping[str, np.ndarray]) -> Payload:
+        if exchange == 1 and self.allreduce:
+            return compressor.encode_q(received)
+        if exchange != 0 or update is None:
+            raise ValueError(f"powersgd mode={self.mode!r} has no exchange {exchange}")
+        if received:
+            compressor.set_warm_start(received)
+        return compressor.encode_p(update) if self.allreduce else compressor.encode(update)
+
+    def server(self) -> PowerSGDServer:
+        return PowerSGDServer(self)
+
+    def _factors(self, arrays: Mapping[str, np.ndarray], public: Mapping[str, np.ndarray], name: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(p, q, Q or None, P-hat)`` of tensor ``name`` as the server knows them."""
+        if f"p/{name}" not in arrays or f"q/{name}" not in arrays:
+            raise ValueError(f"PowerSGD payload lacks p/{name} or q/{name} (and dense/{name}); "
+                             "for allreduce both exchanges are needed")
+        n, m = matrix_shape(dict(self.layout)[name])
+        p = as_tensor(arrays[f"p/{name}"]).reshape(n, -1)
+        q = as_tensor(arrays[f"q/{name}"]).reshape(m, -1)
+        q_pub = public.get(f"Q/{name}")
+        q_pub = orthonormal_q(as_tensor(q_pub).reshape(m, -1)) if q_pub is not None else None
+        if not self.allreduce:
+            return p, q, q_pub, p
+        p_hat = public.get(f"P_hat/{name}")
+        return p, q, q_pub, as_tensor(p_hat).reshape(n, -1) if p_hat is not None else orthogonalize(p)
+
+    def decode(self, arrays: Mapping[str, np.ndarray],
+               public_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, shape in self.layout:
+            if f"dense/{name}" in arrays:
+                out[name] = as_tensor(arrays[f"dense/{name}"]).reshape(shape)
+            else:
+                _, q, _, p_hat = self._factors(arrays, public_state, name)
+                out[name] = (p_hat @ q.T).reshape(shape)
+        return out
+
+    def views(self, arrays: Mapping[str, np.ndarray],
+              public_state: Mapping[str, np.ndarray]) -> list[View]:
+        views = dense_views(arrays, self.layout)
+        for name, _ in self.layout:
+            if f"dense/{name}" in arrays:
+                continue
+            p, q, q_pub, p_hat = self._factors(arrays, public_state, name)
+            if q_pub is not None:  # local: M Q = P_hat R with R = P_hat^T M Q = q^T Q, all known
+                views.append(View(f"p/{name}", "mq", (name,), (q_pub,),
+                                  p if self.allreduce else p @ (q.T @ q_pub)))
+            views.append(View(f"q/{name}", "mtp", (name,), (p_hat,), q))
+        return views
