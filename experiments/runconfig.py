@@ -2,9 +2,13 @@
 
 A cell's run config is *complete*: every key of ``[tool.flwr.app.config]`` with its
 value, so the hash of a cell changes whenever any setting that reaches the app
-changes (a new default in ``pyproject.toml`` included). Keys the app ignores for a
-given config (e.g. the attack settings of a run without an attack) are reset to
-their defaults first, so that cells that run the same experiment share one key.
+changes (a new default in ``pyproject.toml`` included). Keys that do not matter for a
+given config (e.g. the attack settings of a run without an attack, the options of a
+compressor the run does not use) are reset to their defaults first, so that cells that
+run the same experiment share one key. Which keys matter when is not kept here: it is
+the "matters when" column of the app's table of run-config keys
+(:func:`fedtrust.config_keys.ignored_keys`; a compressor's keys matter when its codec
+reads them).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedtrust.config_keys import ignored_keys
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 
@@ -26,31 +32,6 @@ KINDS = ("gradinv", "mia", "update")
 
 #: Keys written by the sweep itself, not part of a cell's identity.
 PLACEMENT_KEYS = ("output-dir", "run-name")
-
-#: Keys the app ignores unless a condition on the config holds: ``key -> condition``.
-_ATTACK_KEYS = ("attack-round", "attack-clients", "attack-images", "attacker", "attack-labels",
-                "attack-iterations", "attack-restarts", "tv-weight")
-
-
-def _ignored_keys(cfg: Mapping[str, Any]) -> list[str]:
-    """Keys whose value does not reach the app's behaviour for this config."""
-    out: list[str] = []
-    if cfg.get("attack") == "none":
-        out += _ATTACK_KEYS
-    if not cfg.get("mia"):
-        out.append("mia-samples")
-    if cfg.get("compressor") == "none":
-        out += ["level", "powersgd-mode", "topk-scope", "error-feedback"]
-    elif cfg.get("compressor") == "powersgd":
-        out.append("topk-scope")
-    elif cfg.get("compressor") == "topk":
-        out.append("powersgd-mode")
-    if cfg.get("local-mode") == "fedsgd":
-        out.append("local-epochs")
-    if cfg.get("partitioner") == "iid":
-        out.append("dirichlet-alpha")
-    return out
-
 
 def app_defaults(pyproject: Path = PYPROJECT) -> dict[str, Any]:
     """Every run-config key of the app with its default (``[tool.flwr.app.config]``)."""
@@ -116,7 +97,7 @@ def canonical(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, 
     extra = sorted(set(cfg) - set(defaults) - set(PLACEMENT_KEYS))
     if extra:
         raise ValueError(f"unknown run-config keys {extra}")
-    for key in _ignored_keys(full):
+    for key in ignored_keys(full):
         full[key] = defaults[key]
     for key, default in defaults.items():
         value = full[key]

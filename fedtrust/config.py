@@ -1,9 +1,15 @@
 """The run configuration: every key of ``[tool.flwr.app.config]``, typed and validated.
 
-Flower hands the ServerApp and the ClientApp a flat ``dict`` of TOML values. The
-:class:`RunConfig` dataclass names each key, its type, its default and what it
-allows; :func:`parse_run_config` checks every key before the first round and
-raises :class:`ConfigError` naming the key, the value and what is allowed.
+Flower hands the ServerApp and the ClientApp a flat ``dict`` of TOML values.
+:class:`RunConfig` is their typed view (field ``foo_bar`` is key ``foo-bar``). What each
+key allows, means and defaults to is not written here but in one table,
+:data:`fedtrust.config_keys.CONFIG_KEYS`: :func:`parse_run_config` coerces every key to
+the type of its default and checks it against its row (choices, own check, integer
+bound), then checks what relates several keys (``attack-round`` within
+``num-server-rounds``, ``resume`` with ``run-name``, the attack's local mode, the
+interception selections) and the data folders. A wrong value raises
+:class:`ConfigError` naming the key, the value and what is allowed. The compressor's
+own keys are read by its codec (:meth:`RunConfig.compressor_spec`).
 This module imports no Flower.
 """
 
@@ -16,29 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedtrust.data.partition import PARTITIONER_NAMES as PARTITIONERS
-from fedtrust.data.specs import BUILTIN_DATASETS
-from fedtrust.data.specs import DATASET_NAMES as DATASETS
-from fedtrust.models import MODEL_NAMES
+from fedtrust.compression import CompressorSpec, spec_from_run_config
+from fedtrust.config_keys import BY_KEY, CONFIG_KEYS, MAX_INT, MAX_SEED, ConfigKey
 
-COMPRESSORS = ("none", "powersgd", "topk")
-LOCAL_MODES = ("fedsgd", "fedavg")
-POWERSGD_MODES = ("allreduce", "local")
-TOPK_SCOPES = ("global", "layer")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-ATTACKS = ("none", "gradinv")
-ATTACKERS = ("naive", "adaptive", "both")
-ATTACK_LABELS = ("given", "infer")
-MAX_NORM_ACTIONS = ("refuse", "clip")
+__all__ = ["MAX_INT", "MAX_SEED", "RESUME_FREE_KEYS", "ConfigError", "RunConfig", "check_data_paths",
+           "config_differences", "parse_run_config"]
 
-#: The largest seed: clients derive per-round seeds as ``seed * 1_000_003 + round * 1009 + partition``,
-#: which must stay below 2**63 (torch's generators) for every round and partition.
-MAX_SEED = 2**32 - 1
-#: The largest value of any other integer key (rounds, sizes, levels, ...).
-MAX_INT = 2**31 - 1
 #: Keys whose change cannot alter a resumed run's results (``resume`` itself, where the data,
 #: the run folder and the server's device are, how long to wait for a reply).
 RESUME_FREE_KEYS = ("resume", "data-dir", "output-dir", "device", "round-timeout")
+#: Each field's default, from the table of run-config keys.
+_D = {row.field: row.default for row in CONFIG_KEYS}
 
 
 class ConfigError(ValueError):
@@ -50,69 +44,60 @@ class RunConfig:
     """The resolved run configuration (field ``foo_bar`` is run-config key ``foo-bar``)."""
 
     # federation
-    num_server_rounds: int = 3
-    seed: int = 42
-    fraction_train: float = 1.0
-    min_clients: int = 2
+    num_server_rounds: int = _D["num_server_rounds"]
+    seed: int = _D["seed"]
+    fraction_train: float = _D["fraction_train"]
+    min_clients: int = _D["min_clients"]
     # model and data
-    model: str = "resnet18"
-    dataset: str = "sample"
-    data_dir: str = ""
-    partitioner: str = "iid"
-    dirichlet_alpha: float = 0.5
-    num_partitions: int = 0
-    eval_samples: int = 0
-    eval_batch_size: int = 256
-    device: str = "auto"
+    model: str = _D["model"]
+    dataset: str = _D["dataset"]
+    data_dir: str = _D["data_dir"]
+    partitioner: str = _D["partitioner"]
+    dirichlet_alpha: float = _D["dirichlet_alpha"]
+    num_partitions: int = _D["num_partitions"]
+    eval_samples: int = _D["eval_samples"]
+    eval_batch_size: int = _D["eval_batch_size"]
+    device: str = _D["device"]
     # local training
-    local_mode: str = "fedsgd"
-    batch_size: int = 32
-    local_epochs: int = 1
-    lr: float = 0.1
-    server_lr: float = 1.0
+    local_mode: str = _D["local_mode"]
+    batch_size: int = _D["batch_size"]
+    local_epochs: int = _D["local_epochs"]
+    lr: float = _D["lr"]
+    server_lr: float = _D["server_lr"]
     # compression
-    compressor: str = "none"
-    level: int = 1
-    powersgd_mode: str = "allreduce"
-    topk_scope: str = "global"
-    error_feedback: bool = True
+    compressor: str = _D["compressor"]
+    level: int = _D["level"]
+    powersgd_mode: str = _D["powersgd_mode"]
+    topk_scope: str = _D["topk_scope"]
+    error_feedback: bool = _D["error_feedback"]
     # interception and outputs
-    intercept_rounds: str = "1"
-    intercept_clients: str = "0"
-    output_dir: str = "~/fedtrust-runs"
-    run_name: str = ""
-    resume: bool = False
-    round_timeout: float = 600.0
+    intercept_rounds: str = _D["intercept_rounds"]
+    intercept_clients: str = _D["intercept_clients"]
+    output_dir: str = _D["output_dir"]
+    run_name: str = _D["run_name"]
+    resume: bool = _D["resume"]
+    round_timeout: float = _D["round_timeout"]
     # robust aggregation (what one client can do to the global model)
-    max_norm_ratio: float = 10.0
-    max_norm_action: str = "refuse"
+    max_norm_ratio: float = _D["max_norm_ratio"]
+    max_norm_action: str = _D["max_norm_action"]
     # gradient inversion (issue: the server reconstructs clients' images)
-    attack: str = "none"
-    attack_round: int = 1
-    attack_clients: str = "0"
-    attack_images: int = 1
-    attacker: str = "both"
-    attack_labels: str = "given"
-    attack_iterations: int = 24000
-    attack_restarts: int = 1
-    tv_weight: float = 1e-4
+    attack: str = _D["attack"]
+    attack_round: int = _D["attack_round"]
+    attack_clients: str = _D["attack_clients"]
+    attack_images: int = _D["attack_images"]
+    attacker: str = _D["attacker"]
+    attack_labels: str = _D["attack_labels"]
+    attack_iterations: int = _D["attack_iterations"]
+    attack_restarts: int = _D["attack_restarts"]
+    tv_weight: float = _D["tv_weight"]
     # membership inference
-    mia: bool = False
-    mia_samples: int = 1000
+    mia: bool = _D["mia"]
+    mia_samples: int = _D["mia_samples"]
 
     # ------------------------------------------------------------------ helpers
-    def compressor_options(self) -> dict[str, Any]:
-        """Keyword options for :func:`fedtrust.compression.get_compressor`."""
-        opts: dict[str, Any] = {"error_feedback": self.error_feedback}
-        if self.compressor == "powersgd":
-            opts.update(mode=self.powersgd_mode, seed=self.seed)
-        elif self.compressor == "topk":
-            opts.update(scope=self.topk_scope)
-        return opts
-
-    def compressor_spec(self) -> dict[str, Any]:
-        """Compressor name, level and options, as recorded with intercepted updates."""
-        return {"compressor": self.compressor, "level": self.level, **self.compressor_options()}
+    def compressor_spec(self) -> CompressorSpec:
+        """The compressor spec this config selects (the codec reads its own keys)."""
+        return spec_from_run_config(self.as_flat_dict())
 
     def intercepted_rounds(self) -> set[int]:
         """Rounds whose updates are intercepted (the attack round included)."""
@@ -195,20 +180,6 @@ def _selects(text: str, key: str, value: int) -> bool:
     return value in _parse_selection(text, key, range(10**9))
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model": MODEL_NAMES,
-    "local_mode": LOCAL_MODES,
-    "compressor": COMPRESSORS,
-    "powersgd_mode": POWERSGD_MODES,
-    "topk_scope": TOPK_SCOPES,
-    "partitioner": PARTITIONERS,
-    "attack": ATTACKS,
-    "attacker": ATTACKERS,
-    "attack_labels": ATTACK_LABELS,
-    "max_norm_action": MAX_NORM_ACTIONS,
-}
-
-
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Convert a TOML value to the type of the field's default, or raise ConfigError."""
     kind = type(default)
@@ -254,53 +225,30 @@ def _coerce_int(key: str, value: Any) -> int:
     raise ConfigError(f"{key}={value!r} must be an integer")
 
 
-def _check_range(cfg: RunConfig, check_paths: bool = True) -> None:
-    def need(cond: bool, key: str, value: Any, allowed: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+def _need(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
 
-    need(0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, f"an integer in 0..{MAX_SEED} (2**32 - 1)")
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name != "seed" and isinstance(value, int) and not isinstance(value, bool):
-            need(value <= MAX_INT, f.name.replace("_", "-"), value, f"an integer <= {MAX_INT} (2**31 - 1)")
-    need(cfg.num_server_rounds >= 1, "num-server-rounds", cfg.num_server_rounds, "an integer >= 1")
-    need(0.0 < cfg.fraction_train <= 1.0, "fraction-train", cfg.fraction_train, "a number in (0, 1]")
-    need(cfg.min_clients >= 1, "min-clients", cfg.min_clients, "an integer >= 1")
-    need(cfg.dirichlet_alpha > 0, "dirichlet-alpha", cfg.dirichlet_alpha, "a number > 0")
-    need(cfg.num_partitions >= 0, "num-partitions", cfg.num_partitions,
-         "0 (one partition per SuperNode) or a positive integer")
-    need(cfg.eval_samples >= 0, "eval-samples", cfg.eval_samples, "0 (the whole test split) or a positive integer")
-    need(cfg.eval_batch_size >= 1, "eval-batch-size", cfg.eval_batch_size, "an integer >= 1")
-    need(cfg.batch_size >= 1, "batch-size", cfg.batch_size, "an integer >= 1")
-    need(cfg.local_epochs >= 1, "local-epochs", cfg.local_epochs, "an integer >= 1")
-    need(cfg.lr > 0, "lr", cfg.lr, "a number > 0")
-    need(cfg.server_lr > 0, "server-lr", cfg.server_lr, "a number > 0")
-    need(cfg.level >= 1, "level", cfg.level, "an integer >= 1 (PowerSGD rank / Top-K level)")
-    need(cfg.round_timeout > 0, "round-timeout", cfg.round_timeout, "a number of seconds > 0")
-    need(not cfg.resume or cfg.run_name != "", "resume", cfg.resume,
-         "true only together with run-name (the folder under output-dir to continue)")
-    need(cfg.output_dir.strip() != "", "output-dir", cfg.output_dir, "a folder path")
-    need(cfg.run_name == "" or (cfg.run_name[0].isalnum() and all(c.isalnum() or c in "-_." for c in cfg.run_name)),
-         "run-name", cfg.run_name,
-         "letters, digits, '-', '_' and '.', starting with a letter or digit (or empty for an automatic name)")
-    need(cfg.max_norm_ratio == 0 or cfg.max_norm_ratio >= 1, "max-norm-ratio", cfg.max_norm_ratio,
-         "0 (off) or a number >= 1 (a client's update norm may be at most this many times the round's median)")
-    dev = cfg.device
-    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-         "device", dev, ", ".join(DEVICES))
-    ds = cfg.dataset
-    need(ds in BUILTIN_DATASETS or (ds.startswith("folder:") and len(ds) > len("folder:")),
-         "dataset", ds, ", ".join(DATASETS))
+
+def _check_value(row: ConfigKey, value: Any) -> None:
+    """Check one key's (coerced) value against its row of the table."""
+    choices = row.choices()
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{row.key}={value!r} is not known; allowed: {row.allowed_text(markdown=False)}")
+    if row.check is not None:
+        _need(row.check(value), row.key, value, row.allowed_text(markdown=False))
+    if isinstance(value, int) and not isinstance(value, bool):
+        _need(value <= row.int_max, row.key, value, f"an integer <= {row.int_max}")
+
+
+def _check_relations(cfg: RunConfig, check_paths: bool = True) -> None:
+    """Checks that involve several keys, the data folders or the interception selections."""
+    _need(not cfg.resume or cfg.run_name != "", "resume", cfg.resume,
+          "true only together with run-name (the folder under output-dir to continue)")
     if check_paths:
         check_data_paths(cfg.dataset, cfg.data_dir)
-    need(1 <= cfg.attack_round <= cfg.num_server_rounds, "attack-round", cfg.attack_round,
-         f"a round in 1..{cfg.num_server_rounds} (num-server-rounds)")
-    need(cfg.attack_images >= 1, "attack-images", cfg.attack_images, "an integer >= 1")
-    need(cfg.attack_iterations >= 1, "attack-iterations", cfg.attack_iterations, "an integer >= 1")
-    need(cfg.attack_restarts >= 1, "attack-restarts", cfg.attack_restarts, "an integer >= 1")
-    need(cfg.mia_samples >= 2, "mia-samples", cfg.mia_samples, "an integer >= 2")
-    need(cfg.tv_weight >= 0, "tv-weight", cfg.tv_weight, "a number >= 0")
+    _need(cfg.attack_round <= cfg.num_server_rounds, "attack-round", cfg.attack_round,
+          f"a round in 1..{cfg.num_server_rounds} (num-server-rounds)")
     if cfg.attack != "none" and cfg.local_mode == "fedavg":
         raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "
                           "one gradient of one batch); got local-mode='fedavg'")
@@ -342,23 +290,31 @@ def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any],
 def parse_run_config(raw: Mapping[str, Any], check_paths: bool = True) -> RunConfig:
     """Validate Flower's run config and return a :class:`RunConfig`.
 
-    Unknown keys are errors (a typo would otherwise be silently ignored). With
-    ``check_paths=False`` the data folders are not checked: a ClientApp checks the folder
-    it reads itself (its node's ``data-dir`` wins over the run config's).
+    Parameters
+    ----------
+    raw:
+        Run-config keys (hyphens) and their TOML values; absent keys take their default.
+    check_paths:
+        Whether to check that the data folders exist on this machine. A ClientApp
+        passes ``False`` and checks the folder it reads itself (its node's ``data-dir``
+        wins over the run config's); so does a replay of a run made elsewhere.
+
+    Raises
+    ------
+    ConfigError
+        An unknown key (a typo would otherwise be silently ignored) or a value its row
+        of :data:`~fedtrust.config_keys.CONFIG_KEYS` (or a relation between keys) does
+        not allow; the message names the key, the value and what is allowed.
     """
-    defaults = RunConfig()
-    by_key = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(RunConfig)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in by_key:
-            close = [k for k in by_key if k.split("-")[0] == key.split("-")[0]]
+        if key not in BY_KEY:
+            close = [k for k in BY_KEY if k.split("-")[0] == key.split("-")[0]]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown run-config key {key!r}{hint}; known keys: {', '.join(sorted(by_key))}")
-        name = by_key[key]
-        coerced = _coerce(key, value, getattr(defaults, name))
-        if name in _CHOICES and coerced not in _CHOICES[name]:
-            raise ConfigError(f"{key}={coerced!r} is not known; allowed: {', '.join(_CHOICES[name])}")
-        values[name] = coerced
-    cfg = dataclasses.replace(defaults, **values)
-    _check_range(cfg, check_paths=check_paths)
+            raise ConfigError(f"unknown run-config key {key!r}{hint}; known keys: {', '.join(sorted(BY_KEY))}")
+        values[BY_KEY[key].field] = _coerce(key, value, BY_KEY[key].default)
+    cfg = RunConfig(**values)
+    for row in CONFIG_KEYS:
+        _check_value(row, getattr(cfg, row.field))
+    _check_relations(cfg, check_paths=check_paths)
     return cfg
