@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from logging import INFO, WARNING
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -104,68 +105,57 @@ def check_resumable(folder: RunFolder, cfg: RunConfig) -> None:
                           + "; ".join(differences))
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Run the federation described by the run config."""
-    cfg = parse_run_config(context.run_config)
-    train = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir or None)
-    torch.manual_seed(cfg.seed)
-    model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
-    layout = model_layout(model)
+def check_codec_fits(cfg: RunConfig, layout) -> None:
+    """Before round 1: the codec accepts this model (e.g. a level at which some tensor is compressed)."""
     try:
-        get_codec(cfg.compressor_spec(), layout).compressor()  # a level no tensor of this model fits
+        get_codec(cfg.compressor_spec(), layout).compressor()
     except ValueError as err:
         raise ConfigError(f"compressor={cfg.compressor!r} level={cfg.level} does not fit "
                           f"model={cfg.model!r}: {err}") from None
-    check_num_partitions(cfg, len(train))
-    resume_from = None
-    if cfg.resume:
-        folder = RunFolder.open(cfg.output_dir, cfg.run_name)
-        check_resumable(folder, cfg)
-        done = folder.finished()
-        if done is not None:
-            log(INFO, "fedtrust: %s finished on %s; resuming it does nothing (no file is changed)",
-                folder.path, done.get("finished", "?"))
-            if done.get("attack_errors"):
-                raise RuntimeError(f"run {folder.path} had finished with {len(done['attack_errors'])} failed "
-                                   "attack(s): " + "; ".join(done["attack_errors"]))
-            return
-        if folder.checkpoint.exists():
-            load_checkpoint(folder.checkpoint)  # a truncated checkpoint is named before anything else
-            resume_from = folder.checkpoint
-        else:
-            folder.discard_after(0)
-        log(INFO, "fedtrust: resuming %s", folder.path)
-    else:
-        folder = RunFolder.create(cfg.output_dir, run_name(cfg, context.run_id))
-        folder.write_config(cfg.as_flat_dict(), extra={"run_id": context.run_id,
+
+
+def open_run_folder(cfg: RunConfig, run_id: int, model: torch.nn.Module) -> tuple[RunFolder, Path | None, bool]:
+    """The run folder, the checkpoint to resume from (or ``None``), and whether the run is already finished.
+
+    A new run gets a new folder with ``config.json``; ``resume = true`` reopens the folder,
+    refuses another configuration, names a damaged checkpoint before anything else, and
+    re-raises the stored attack errors of a run that finished with some.
+    """
+    if not cfg.resume:
+        folder = RunFolder.create(cfg.output_dir, run_name(cfg, run_id))
+        folder.write_config(cfg.as_flat_dict(), extra={"run_id": run_id,
                                                        "num_parameters": sum(p.numel() for p in model.parameters())})
-    log(INFO, "fedtrust run folder: %s", folder.path)
+        return folder, None, False
+    folder = RunFolder.open(cfg.output_dir, cfg.run_name)
+    check_resumable(folder, cfg)
+    done = folder.finished()
+    if done is not None:
+        log(INFO, "fedtrust: %s finished on %s; resuming it does nothing (no file is changed)",
+            folder.path, done.get("finished", "?"))
+        if done.get("attack_errors"):
+            raise RuntimeError(f"run {folder.path} had finished with {len(done['attack_errors'])} failed "
+                               "attack(s): " + "; ".join(done["attack_errors"]))
+        return folder, None, True
+    log(INFO, "fedtrust: resuming %s", folder.path)
+    if folder.checkpoint.exists():
+        load_checkpoint(folder.checkpoint)  # a truncated checkpoint is named before anything else
+        return folder, folder.checkpoint, False
+    folder.discard_after(0)
+    return folder, None, False
 
-    initial = ArrayRecord(model.state_dict())
-    attackers = []
-    report = None
-    if cfg.attack == "gradinv":
-        report = GradInvReport(
-            folder=folder.path, spec=train.spec, train_images=train.images, train_labels=train.labels,
-            model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
-                                       in_channels=train.spec.channels),
-            config=GradInvConfig.from_dict(cfg.gradinv_settings()), attackers=cfg.attackers(),
-            rounds={cfg.attack_round},
-            clients=None if cfg.attacks_every_client else cfg.attacked_partitions(10**9),
-            device=select_device(cfg.device))
-        attackers.append(report)
-    mia = make_mia_report(cfg, train, folder) if cfg.mia else None
-    if mia is not None:
-        attackers.append(mia)
-    def partition_size(num_partitions: int, partition_id: int) -> int:
-        return len(partition_indices(train.labels, num_partitions, partition_id, partitioner=cfg.partitioner,
-                                     alpha=cfg.dirichlet_alpha, seed=cfg.seed))
 
-    strategy = CompressedFedAvg(cfg, layout, folder, on_intercept=attackers, resume_from=resume_from,
-                                num_train=len(train), partition_size=partition_size)
-    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_server_rounds,
-                            timeout=cfg.round_timeout, evaluate_fn=make_evaluate_fn(cfg, model))
+def make_gradinv_report(cfg: RunConfig, train, folder: RunFolder) -> GradInvReport:
+    """The gradient-inversion attacker of this run (``attack = "gradinv"``)."""
+    return GradInvReport(
+        folder=folder.path, spec=train.spec, train_images=train.images, train_labels=train.labels,
+        model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels),
+        config=GradInvConfig.from_dict(cfg.gradinv_settings()), attackers=cfg.attackers(),
+        rounds={cfg.attack_round}, clients=None if cfg.attacks_every_client else cfg.attacked_partitions(10**9),
+        device=select_device(cfg.device))
+
+
+def finish_reports(cfg: RunConfig, train, strategy: CompressedFedAvg, final_state, report, mia) -> None:
+    """The gradient-inversion grid and the final model's membership inference, after the last round."""
     if report is not None:
         grid_png = report.write_grid()
         log(INFO, "gradient inversion: %s, %s", report.csv_path, grid_png)
@@ -176,8 +166,37 @@ def main(grid: Grid, context: Context) -> None:
     if mia is not None:
         members = member_indices(cfg, train.labels, strategy)
         log(INFO, "membership inference on the final model: %d member candidates", len(members))
-        mia.finish(result.arrays.to_torch_state_dict(), members, cfg.num_server_rounds)
+        mia.finish(final_state, members, cfg.num_server_rounds)
         log(INFO, "membership inference: %s", mia.csv_path)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation described by the run config."""
+    cfg = parse_run_config(context.run_config)
+    train = load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir or None)
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
+    layout = model_layout(model)
+    check_codec_fits(cfg, layout)
+    check_num_partitions(cfg, len(train))
+    folder, resume_from, finished = open_run_folder(cfg, context.run_id, model)
+    if finished:
+        return
+    log(INFO, "fedtrust run folder: %s", folder.path)
+    report = make_gradinv_report(cfg, train, folder) if cfg.attack != "none" else None
+    mia = make_mia_report(cfg, train, folder) if cfg.mia else None
+
+    def partition_size(num_partitions: int, partition_id: int) -> int:
+        return len(partition_indices(train.labels, num_partitions, partition_id, partitioner=cfg.partitioner,
+                                     alpha=cfg.dirichlet_alpha, seed=cfg.seed))
+
+    strategy = CompressedFedAvg(cfg, layout, folder, on_intercept=[a for a in (report, mia) if a is not None],
+                                resume_from=resume_from, num_train=len(train), partition_size=partition_size)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
+                            evaluate_fn=make_evaluate_fn(cfg, model))
+    finish_reports(cfg, train, strategy, result.arrays.to_torch_state_dict(), report, mia)
     folder.mark_finished(strategy.attack_errors)
     if strategy.attack_errors:
         raise RuntimeError(f"training finished ({folder.path}) but {len(strategy.attack_errors)} attack(s) "

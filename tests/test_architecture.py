@@ -94,3 +94,23 @@ def test_the_check_finds_a_comparison(tmp_path: Path) -> None:
     finally:
         ROOT = saved
     assert [h.split(":")[1] for h in found] == ["2", "4", "8"], found
+
+
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring left out."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    return (body[-1].end_lineno - body[0].lineno + 1) if body else 0
+
+
+SHORT = ("strategies", "fedtrust/attacks/gradinv/api.py", "experiments/sweep.py")
+
+
+def test_no_long_functions_in_the_strategy_the_attack_api_and_the_sweep() -> None:
+    files = [p for entry in SHORT for p in ([ROOT / entry] if entry.endswith(".py") else sources(entry))]
+    long = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name}: {code_lines(n)} lines"
+            for p in files for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and code_lines(n) > 60]
+    assert not long, "split these (at most about 60 lines of code each):\n" + "\n".join(long)
