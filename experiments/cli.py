@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from experiments.plan import build_cells, parse_algorithms, parse_datasets
 from experiments.profiles import PROFILES, Cell, Profile
 from experiments.runconfig import Override, app_defaults
-from experiments.store import CellStore
+from experiments.store import CellRecord, CellStore
 from experiments.sweep import (
     LinkFactory,
     SweepInterrupted,
@@ -30,7 +32,7 @@ from experiments.sweep import (
     git_commit,
     run_sweep,
 )
-from experiments.tables import TableMeta, records_of
+from experiments.tables import Table, TableMeta, records_of, write_table
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,19 @@ class Outputs:
     out: Path
     profile: Profile
     cells: list[Cell]
-    records: dict[str, dict[str, Any]]
+    records: dict[str, CellRecord]
     meta: TableMeta
     defaults: dict[str, Any]
+
+    def rows(self, table: Table) -> pd.DataFrame:
+        """``table``'s rows for these cells and records."""
+        return table.rows(self.cells, self.records)
+
+    def write_table(self, table: Table, rows: pd.DataFrame | None = None,
+                    extra_files: Sequence[Path] = ()) -> list[Path]:
+        """Write ``table``'s files (its rows computed here unless given) in the sweep folder."""
+        return write_table(table, self.rows(table) if rows is None else rows, out=self.out, meta=self.meta,
+                           cells=self.cells, records=self.records, defaults=self.defaults, extra_files=extra_files)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class Script:
     kinds: tuple[str, ...]
     description: str
     write: Callable[[Outputs], list[Path]]
+
+    def main(self, argv: Sequence[str] | None = None, **kwargs: Any) -> int:
+        """The script's entry point (``kwargs``: ``profiles``, ``link_factory`` for tests); see :func:`main_for`."""
+        return main_for(self, argv, **kwargs)
 
 
 def build_parser(script: Script, profiles: Mapping[str, Profile]) -> argparse.ArgumentParser:

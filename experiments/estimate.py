@@ -28,15 +28,15 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
 from experiments.profiles import PROFILES, Profile
-from experiments.store import read_jsonl
+from experiments.store import STORE_NAME, read_records
 
 #: Train-split sizes of the public datasets (the number of images clients train on per epoch).
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion-mnist": 60_000, "sample": 3_000}
@@ -62,67 +62,86 @@ def _model(name: str, spec, device: torch.device) -> torch.nn.Module:
     return get_model(name, num_classes=spec.num_classes, in_channels=spec.channels).to(device)
 
 
-def measure(profile: Profile, dataset: str, device: torch.device, repeats: int) -> Timings:
-    """Time the three kinds of work for ``dataset`` with the profile's settings on ``device``."""
-    from fedtrust.attacks import invert_targets, make_target
-    from fedtrust.config import parse_run_config
-    from fedtrust.data import get_spec
-
-    spec = get_spec(dataset)
-    g = dict(profile.kinds["gradinv"].run_config)
-    shape = (spec.channels, spec.image_size, spec.image_size)
-    torch.manual_seed(0)
-    model = _model(str(g["model"]), spec, "cpu")
-    model.eval()
-    attackers = parse_run_config(g).attackers()
-    count = profile.kinds["gradinv"].num_supernodes * len(attackers) * int(g.get("attack-restarts", 1))
-    targets = []
-    for i in range(count):
-        x, y = torch.rand(1, *shape), torch.tensor([i % spec.num_classes])
-        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
-        targets.append(make_target(model, {n: gr for (n, _), gr in zip(model.named_parameters(), grads)}, labels=y))
-    kwargs = dict(image_shape=shape, mean=spec.mean, std=spec.std, device=device, progress=False)
-    per_iteration = []
-    for batched in ((True,) if device.type == "cuda" else (False, True)):  # what batched="auto" chooses from
-        config = {"tv_weight": float(g.get("tv-weight", 1e-4)), "lr": 0.1, "batched": batched}
-        invert_targets(model, targets, config={**config, "iterations": 1}, **kwargs)  # warm-up
-        _sync(device)
-        start = time.perf_counter()
-        invert_targets(model, targets, config={**config, "iterations": repeats}, **kwargs)
-        _sync(device)
-        per_iteration.append((time.perf_counter() - start) / repeats)
-    attack_iteration = min(per_iteration)
-
-    m = dict(profile.kinds["mia"].run_config)
-    batch = int(m.get("batch-size", 32))
-    model = _model(str(m["model"]), spec, device)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.rand(batch, *shape, device=device)
-    y = torch.randint(0, spec.num_classes, (batch,), device=device)
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(xb), yb).backward()
-        opt.step()
-
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        step(x, y)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    train_step = min(times[1:])
-    model.eval()
+def _best_seconds(work: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``work``, after one untimed warm-up call."""
     times = []
     for _ in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        torch.autograd.grad(F.cross_entropy(model(x[:1]), y[:1]), list(model.parameters()))
+        work()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return Timings(attack_iteration=attack_iteration, train_step=train_step, sample_gradient=min(times[1:]))
+    return min(times[1:])
+
+
+def time_attack_iteration(profile: Profile, spec, device: torch.device, repeats: int) -> float:
+    """Seconds of one attack iteration on all of a gradinv cell's reconstructions together
+    (the faster of batched and one by one on a CPU, as ``batched="auto"`` picks)."""
+    from fedtrust.attacks.gradinv import GradInvConfig, Problem, reconstruct_batch
+    from fedtrust.attacks.gradinv.targets import build_views
+    from fedtrust.config import parse_run_config
+    from fedtrust.training import model_layout
+
+    g = dict(profile.kinds["gradinv"].run_config)
+    shape = (spec.channels, spec.image_size, spec.image_size)
+    model = _model(str(g["model"]), spec, "cpu")
+    model.eval()
+    count = profile.kinds["gradinv"].num_supernodes * len(parse_run_config(g).attackers())
+    problems = []
+    for i in range(count):
+        x, y = torch.rand(1, *shape), torch.tensor([i % spec.num_classes])
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        update = {n: gr for (n, _), gr in zip(model.named_parameters(), grads)}
+        problems.append(Problem(tuple(build_views("naive", model_layout(model), decoded=update)), y))
+    per_iteration = []
+    for batched in ((True,) if device.type == "cuda" else (False, True)):  # what batched="auto" chooses from
+        config = GradInvConfig(iterations=1, restarts=int(g.get("attack-restarts", 1)),
+                               tv_weight=float(g.get("tv-weight", 1e-4)), batched=batched)
+        reconstruct_batch(model, problems, config=config, dataset=spec, device=device, progress=False)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        reconstruct_batch(model, problems, config=replace(config, iterations=repeats), dataset=spec, device=device,
+                          progress=False)
+        _sync(device)
+        per_iteration.append((time.perf_counter() - start) / repeats)
+    return min(per_iteration)
+
+
+def time_training(profile: Profile, spec, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Seconds of one training step on a batch of the mia cells' ``batch-size`` images, and of
+    one single-sample gradient."""
+    m = dict(profile.kinds["mia"].run_config)
+    batch = int(m.get("batch-size", 32))
+    shape = (spec.channels, spec.image_size, spec.image_size)
+    model = _model(str(m["model"]), spec, device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.rand(batch, *shape, device=device)
+    y = torch.randint(0, spec.num_classes, (batch,), device=device)
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    model.train()
+    train_step = _best_seconds(step, device, repeats)
+    model.eval()
+    sample = _best_seconds(lambda: torch.autograd.grad(F.cross_entropy(model(x[:1]), y[:1]),
+                                                        list(model.parameters())), device, repeats)
+    return train_step, sample
+
+
+def measure(profile: Profile, dataset: str, device: torch.device, repeats: int) -> Timings:
+    """Time the three kinds of work for ``dataset`` with the profile's settings on ``device``.
+
+    Models and inputs are drawn from torch's global generator: seed it at the entry point.
+    """
+    from fedtrust.data import get_spec
+
+    spec = get_spec(dataset)
+    attack_iteration = time_attack_iteration(profile, spec, device, repeats)
+    train_step, sample_gradient = time_training(profile, spec, device, repeats)
+    return Timings(attack_iteration=attack_iteration, train_step=train_step, sample_gradient=sample_gradient)
 
 
 def cell_seconds(profile: Profile, dataset: str, t: Timings) -> dict[str, float]:
@@ -145,8 +164,7 @@ def overhead_from(folder: Path | None) -> float | None:
     """The shortest recorded cell time in a sweep folder (an upper bound on a cell's start-up cost)."""
     if folder is None:
         return None
-    seconds = [float(r["seconds"]) for r in read_jsonl(Path(folder) / "cells.jsonl")
-               if r.get("status") == "ok" and r.get("seconds")]
+    seconds = [float(r.seconds) for r in read_records(Path(folder) / STORE_NAME) if r.ok and r.seconds]
     if not seconds:
         raise ValueError(f"{folder}/cells.jsonl has no finished cell to take a start-up time from")
     return min(seconds)
@@ -165,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overhead-from", type=Path, default=None, metavar="SWEEP_FOLDER",
                         help="add the shortest cell time recorded there to every cell")
     args = parser.parse_args(argv)
+    torch.manual_seed(0)
     profile = PROFILES[args.profile]
     device = torch.device(args.device)
     repeats = args.repeats or (2 if device.type == "cpu" else 20)

@@ -21,68 +21,100 @@ after Tables 1 and 2 it computes nothing new.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-#: Algorithm families in the paper's order, with their ``compressor`` value.
-FAMILIES = {"sgd": "none", "powersgd": "powersgd", "topk": "topk"}
+from fedtrust.compression.codec import Codec
+from fedtrust.compression.registry import codec_class, codec_names
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "mnist": "MNIST",
                   "fashion-mnist": "Fashion-MNIST", "sample": "sample (Fashion-MNIST)"}
 
 
+def codec_families() -> dict[str, type[Codec]]:
+    """Algorithm family (the sweeps' key: ``sgd`` for no compression) -> its codec class,
+    in the registry's order (the uncompressed one first), which is the tables' order."""
+    return {codec_class(name).family: codec_class(name) for name in codec_names()}
+
+
 @dataclass(frozen=True, order=True)
 class Algorithm:
-    """SGD, PowerSGD rank ``level`` or Top-K level ``level`` (``level`` 0 for SGD)."""
+    """A codec family at a level: SGD, PowerSGD rank ``level``, Top-K level ``level`` ...
+
+    ``level`` is 0 exactly for the families whose codec takes no level (SGD). Keys,
+    labels, figure tags and styles come from the codec.
+    """
 
     family: str
     level: int = 0
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"algorithm family {self.family!r} is not known; allowed: {', '.join(FAMILIES)}")
-        if (self.family == "sgd") != (self.level == 0):
-            raise ValueError(f"{self.family} needs level {'0' if self.family == 'sgd' else '>= 1'}, got {self.level}")
+        known = codec_families()
+        if self.family not in known:
+            raise ValueError(f"algorithm family {self.family!r} is not known; allowed: {', '.join(known)}")
+        if known[self.family].levelled != (self.level != 0) or self.level < 0:
+            need = ">= 1" if known[self.family].levelled else "0"
+            raise ValueError(f"{self.family} needs level {need}, got {self.level}")
+
+    @property
+    def codec(self) -> type[Codec]:
+        """The codec class of this family."""
+        return codec_families()[self.family]
 
     @property
     def key(self) -> str:
         """``sgd``, ``powersgd4``, ``topk30``."""
-        return self.family if self.family == "sgd" else f"{self.family}{self.level}"
+        return self.codec.algorithm_key(self.level)
 
     @property
     def label(self) -> str:
         """The paper's row label (Top-K levels carry the paper's asterisk)."""
-        if self.family == "sgd":
-            return "Original SGD"
-        if self.family == "powersgd":
-            return f"PowerSGD (Rank {self.level})"
-        return f"Top-K SGD (Level {self.level})*"
+        return self.codec.label(self.level)
+
+    @property
+    def tag(self) -> str:
+        """A figure's point label (``SGD``, ``r4``, ``L4``)."""
+        return self.codec.tag(self.level)
+
+    @property
+    def baseline(self) -> bool:
+        """Whether this is the uncompressed reference the tables' "% of SGD" divides by
+        (the family without a level)."""
+        return not self.codec.levelled
 
     @property
     def sort_key(self) -> tuple[int, int]:
-        """The paper's row order: SGD, then per level PowerSGD before Top-K."""
-        return (self.level, list(FAMILIES).index(self.family))
+        """The paper's row order: SGD, then per level the families in the registry's order
+        (PowerSGD before Top-K)."""
+        return (self.level, list(codec_families()).index(self.family))
 
     def run_config(self) -> dict[str, Any]:
         """The run-config values that select this algorithm."""
-        return {"compressor": FAMILIES[self.family], "level": max(self.level, 1)}
+        return {"compressor": self.codec.name, "level": max(self.level, 1)}
 
     @classmethod
     def parse(cls, text: str) -> Algorithm:
         """``sgd``, ``powersgd4``, ``topk1`` (as :attr:`key` writes them)."""
         text = text.strip().lower()
-        match = re.fullmatch(r"(sgd|powersgd|topk)(\d*)", text)
-        if not match or (match.group(1) != "sgd" and not match.group(2)):
-            raise ValueError(f"algorithm {text!r}: expected sgd, powersgdN or topkN")
-        return cls(match.group(1), int(match.group(2) or 0))
+        known = sorted(codec_families().items(), key=lambda item: -len(item[0]))  # the longest family first
+        for family, codec in known:
+            level = text[len(family):] if text.startswith(family) else None
+            if level is not None and (level.isdigit() if codec.levelled else level == ""):
+                return cls(family, int(level or 0))
+        expected = [f"{f}N" if codec.levelled else f for f, codec in codec_families().items()]
+        raise ValueError(f"algorithm {text!r}: expected {', '.join(expected[:-1])} or {expected[-1]}")
 
 
-def algorithms_for(levels: tuple[int, ...]) -> tuple[Algorithm, ...]:
-    """SGD, then PowerSGD and Top-K at each level, in the paper's order."""
-    algos = [Algorithm("sgd")] + [Algorithm(f, lv) for lv in levels for f in ("powersgd", "topk")]
-    return tuple(sorted(algos, key=lambda a: a.sort_key))
+def algorithms_for(families: Sequence[str], levels: Sequence[int]) -> tuple[Algorithm, ...]:
+    """Each family, at each level where its codec takes one, in the paper's order."""
+    known = codec_families()
+    unknown = [f for f in families if f not in known]
+    if unknown:
+        raise ValueError(f"algorithm families {unknown} are not known; allowed: {', '.join(known)}")
+    algos = [Algorithm(f, lv) for f in families for lv in (levels if known[f].levelled else (0,))]
+    return tuple(sorted(dict.fromkeys(algos), key=lambda a: a.sort_key))
 
 
 def dataset_label(name: str) -> str:
@@ -135,8 +167,10 @@ class Profile:
         For the command line and the tables' footers.
     datasets:
         Default ``--datasets``.
+    families:
+        The algorithm families swept (codec families: ``sgd`` for no compression).
     levels:
-        PowerSGD ranks and Top-K levels (SGD is always included).
+        The levels of the families that take one (PowerSGD ranks, Top-K levels).
     kinds:
         :class:`KindSettings` per cell kind (``gradinv``, ``mia``, ``update``).
     cell_timeout_s:
@@ -151,6 +185,7 @@ class Profile:
     name: str
     description: str
     datasets: tuple[str, ...]
+    families: tuple[str, ...]
     levels: tuple[int, ...]
     kinds: Mapping[str, KindSettings]
     cell_timeout_s: float = 3600.0
@@ -162,12 +197,33 @@ class Profile:
 
     @property
     def algorithms(self) -> tuple[Algorithm, ...]:
-        return algorithms_for(self.levels)
+        return algorithms_for(self.families, self.levels)
 
+
+#: The paper's algorithms: SGD, PowerSGD and Top-K (codec families).
+PAPER_FAMILIES = ("sgd", "powersgd", "topk")
 
 #: Geiping et al. (2020) reference settings: 24,000 signed-Adam iterations, TV 1e-4, and
 #: one restart (``--restarts`` default of ``inversefed/options.py``).
 GEIPING = {"attack-iterations": 24000, "attack-restarts": 1, "tv-weight": 1e-4}
+
+#: What makes a cell of each kind the experiment it is (see the module docstring); a
+#: profile adds the model, the sizes and the attack's budget.
+KIND_BASE = MappingProxyType({
+    "gradinv": {"local-mode": "fedsgd", "num-server-rounds": 1, "attack": "gradinv", "attack-round": 1,
+                "attack-clients": "all", "attack-images": 1, "attacker": "both", "attack-labels": "given",
+                "intercept-rounds": "1", "intercept-clients": "none"},
+    "mia": {"local-mode": "fedavg", "mia": True, "intercept-rounds": "none", "intercept-clients": "none",
+            "eval-samples": 0},
+    "update": {"local-mode": "fedsgd", "num-server-rounds": 1, "mia": True, "intercept-rounds": "1",
+               "intercept-clients": "all"},
+})
+
+
+def kind_settings(kind: str, num_supernodes: int, run_config: Mapping[str, Any]) -> KindSettings:
+    """:data:`KIND_BASE` of ``kind`` with a profile's own run-config values on top."""
+    return KindSettings({**KIND_BASE[kind], **run_config}, num_supernodes=num_supernodes)
+
 
 PAPER = Profile(
     name="paper",
@@ -176,24 +232,15 @@ PAPER = Profile(
                  "image each, round 1); Geiping's attack (24,000 iterations, 1 restart, TV 1e-4); "
                  "MIA on models trained by FedAvg for 50 rounds."),
     datasets=("cifar10", "cifar100", "mnist"),
+    families=PAPER_FAMILIES,
     levels=(1, 2, 4, 30, 50),
     kinds={
-        "gradinv": KindSettings({
-            "model": "resnet18", "local-mode": "fedsgd", "num-server-rounds": 1, "batch-size": 32,
-            "attack": "gradinv", "attack-round": 1, "attack-clients": "all", "attack-images": 1,
-            "attacker": "both", "attack-labels": "given", **GEIPING,
-            "intercept-rounds": "1", "intercept-clients": "none", "eval-samples": 1000,
-        }, num_supernodes=10),
-        "mia": KindSettings({
-            "model": "resnet18", "local-mode": "fedavg", "num-server-rounds": 50, "local-epochs": 1,
-            "batch-size": 32, "lr": 0.05, "mia": True, "mia-samples": 5000,
-            "intercept-rounds": "none", "intercept-clients": "none", "eval-samples": 0,
-        }, num_supernodes=10),
-        "update": KindSettings({
-            "model": "resnet18", "local-mode": "fedsgd", "num-server-rounds": 1, "batch-size": 32,
-            "mia": True, "mia-samples": 1000, "intercept-rounds": "1", "intercept-clients": "all",
-            "eval-samples": 1000,
-        }, num_supernodes=10),
+        "gradinv": kind_settings("gradinv", 10, {"model": "resnet18", "batch-size": 32, **GEIPING,
+                                                 "eval-samples": 1000}),
+        "mia": kind_settings("mia", 10, {"model": "resnet18", "num-server-rounds": 50, "local-epochs": 1,
+                                         "batch-size": 32, "lr": 0.05, "mia-samples": 5000}),
+        "update": kind_settings("update", 10, {"model": "resnet18", "batch-size": 32, "mia-samples": 1000,
+                                               "eval-samples": 1000}),
     },
     cell_timeout_s=12 * 3600.0,
     gpu_client_share=0.1,
@@ -207,25 +254,15 @@ SMOKE = Profile(
                  "(3 clients, one image each, round 1), 300 attack iterations (TV 1e-4, 1 restart), "
                  "both attackers; MIA on models trained by FedAvg for 3 rounds (2 local epochs)."),
     datasets=("sample",),
+    families=PAPER_FAMILIES,
     levels=(1, 4),
     kinds={
-        "gradinv": KindSettings({
-            "model": "convnet", "local-mode": "fedsgd", "num-server-rounds": 1, "batch-size": 32,
-            "attack": "gradinv", "attack-round": 1, "attack-clients": "all", "attack-images": 1,
-            "attacker": "both", "attack-labels": "given", "attack-iterations": 300,
-            "attack-restarts": 1, "tv-weight": 1e-4,
-            "intercept-rounds": "1", "intercept-clients": "none", "eval-samples": 500,
-        }, num_supernodes=3),
-        "mia": KindSettings({
-            "model": "convnet", "local-mode": "fedavg", "num-server-rounds": 3, "local-epochs": 2,
-            "batch-size": 32, "lr": 0.05, "mia": True, "mia-samples": 500,
-            "intercept-rounds": "none", "intercept-clients": "none", "eval-samples": 0,
-        }, num_supernodes=3),
-        "update": KindSettings({
-            "model": "convnet", "local-mode": "fedsgd", "num-server-rounds": 1, "batch-size": 16,
-            "mia": True, "mia-samples": 200, "intercept-rounds": "1", "intercept-clients": "all",
-            "eval-samples": 500,
-        }, num_supernodes=3),
+        "gradinv": kind_settings("gradinv", 3, {"model": "convnet", "batch-size": 32, "attack-iterations": 300,
+                                                "attack-restarts": 1, "tv-weight": 1e-4, "eval-samples": 500}),
+        "mia": kind_settings("mia", 3, {"model": "convnet", "num-server-rounds": 3, "local-epochs": 2,
+                                        "batch-size": 32, "lr": 0.05, "mia-samples": 500}),
+        "update": kind_settings("update", 3, {"model": "convnet", "batch-size": 16, "mia-samples": 200,
+                                              "eval-samples": 500}),
     },
     cell_timeout_s=1800.0,
     gpu_client_share=0.25,

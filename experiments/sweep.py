@@ -3,9 +3,10 @@
 Each worker thread owns one private :class:`~experiments.flwr_runner.LocalSuperLink`
 (``CUDA_VISIBLE_DEVICES`` = its GPU) and pulls cells from a shared queue; on a
 machine without a GPU there is one CPU worker. A cell is one ``flwr run`` of the
-app with ``output-dir = <out>/runs`` and ``run-name = <cell name>``; its record
-(full run config, seed, timings, run folder, summary of ``gradinv.csv``,
-``mia.csv`` and ``rounds.csv``) is appended to the store the moment it finishes.
+app with ``output-dir = <out>/runs`` and ``run-name = <cell name>``; its
+:class:`~experiments.store.CellRecord` (full run config, seed, timings, run folder,
+summary of ``gradinv.csv``, ``mia.csv`` and ``rounds.csv``) is appended to the store
+the moment it finishes.
 Cells already in the store are reused; a cell without a record (interrupted) has
 its partial run folder removed and is run again. A cell recomputed with ``--force``
 runs into a second folder (``<name>-rerun``, or back into ``<name>``): its old record
@@ -25,16 +26,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Self
 
 from experiments.guard import clean, start_guard
 from experiments.profiles import Cell
-from experiments.store import CellStore, FolderLock
-from experiments.summaries import IncompleteRun, check_config, summarize_run
-
-RUNS_DIR = "runs"
+from experiments.store import RUNS_DIR, CellRecord, CellStore, FolderLock
+from experiments.summaries import IncompleteRun, RunSummary, check_config, summarize_run
 
 
 # ------------------------------------------------------------------ workers and devices
@@ -97,13 +96,20 @@ class CellOutcome:
 
     cell: Cell
     status: str  # "computed", "reused" or "failed"
-    record: dict[str, Any] | None = None
+    record: CellRecord | None = None
     error: str = ""
     seconds: float = 0.0
     worker: str = ""
     #: The run folder of the record this outcome replaces (a forced cell), removed once it is stored.
     replaces: str = ""
 
+    @property
+    def link_broken(self) -> bool:
+        """Whether the worker's SuperLink must be restarted: the run did not start, or timed out."""
+        return self.status == "failed" and (self.record is None or self.record.status == "error")
+
+
+Executor = Callable[[Link, Cell, Worker], CellOutcome]
 
 RERUN_SUFFIX = "-rerun"
 
@@ -112,9 +118,9 @@ def run_folder(out: Path, cell: Cell, name: str | None = None) -> Path:
     return out / RUNS_DIR / (name or cell.name)
 
 
-def rerun_name(cell: Cell, previous: Mapping[str, Any] | None) -> str:
+def rerun_name(cell: Cell, previous: CellRecord | None) -> str:
     """The run name of a cell's new run: never the folder its stored record points to."""
-    if previous and Path(str(previous.get("run_dir", ""))).name == cell.name:
+    if previous is not None and Path(previous.run_dir).name == cell.name:
         return cell.name + RERUN_SUFFIX
     return cell.name
 
@@ -146,9 +152,63 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def new_record(cell: Cell, worker: Worker, name: str, federation: Mapping[str, Any], script: str,
+               commit: str | None) -> CellRecord:
+    """The record of a cell about to run as ``name`` (status ``error`` until it has run).
+
+    Its run config is the one the app gets, with ``output-dir`` relative to the sweep
+    folder like ``run_dir``.
+    """
+    return CellRecord(
+        key=cell.key, name=cell.name, kind=cell.kind, status="error", dataset=cell.dataset,
+        algorithm=cell.algorithm.family, level=cell.algorithm.level, seed=cell.seed,
+        run_config={**cell.run_config, "output-dir": RUNS_DIR, "run-name": name},
+        num_supernodes=cell.num_supernodes, federation_config=dict(federation),
+        run_dir=str(Path(RUNS_DIR) / name), worker=worker.label, script=script, fedtrust_commit=commit,
+        host=platform.node(), started=_now())
+
+
+def ran_record(record: CellRecord, ran: Any, out: Path, seconds: float) -> CellRecord:
+    """``record`` with what ``flwr run`` said, its log saved (in the run folder, or under ``failed/``)."""
+    folder = out / record.run_dir
+    log = Path(record.run_dir) / "flwr.log" if folder.is_dir() else Path("failed") / f"{record.name}.log"
+    (out / log).parent.mkdir(parents=True, exist_ok=True)
+    (out / log).write_text(getattr(ran, "log", "") or "")
+    return replace(record, run_id=getattr(ran, "run_id", None), flwr_status=ran.status,
+                   flwr_details=getattr(ran, "details", ""), log=str(log), finished=_now(),
+                   seconds=round(seconds, 3))
+
+
+def read_result(folder: Path, cell: Cell) -> RunSummary:
+    """The summary of a cell's finished run folder, after checking it ran the cell's config.
+
+    Raises ``IncompleteRun`` (or ``OSError``, ``ValueError``, ``KeyError`` for a damaged file).
+    """
+    check_config(folder, cell.run_config)
+    return summarize_run(folder, cell.kind)
+
+
+def replaced_folder(out: Path, previous: CellRecord | None, folder: Path) -> str:
+    """The old run folder of a recomputed cell, when it is another folder beside the new one."""
+    old = previous.run_path(out) if previous is not None else None
+    if old is None:
+        return ""
+    old, new = old.resolve(), folder.resolve()
+    return str(old) if old != new and old.parent == new.parent else ""
+
+
+def _failed(cell: Cell, record: CellRecord) -> CellOutcome:
+    return CellOutcome(cell, "failed", record, error=record.error, seconds=record.seconds or 0.0,
+                       worker=record.worker)
+
+
 def execute_cell(link: Link, cell: Cell, out: Path, worker: Worker, *, timeout: float,
                  gpu_client_share: float, script: str, commit: str | None,
-                 previous: Mapping[str, Any] | None = None) -> CellOutcome:
+                 previous: CellRecord | None = None) -> CellOutcome:
     """Run one cell on ``link`` and build its record (or the failure).
 
     ``previous`` is the cell's stored record when it is recomputed (``--force``): the new
@@ -157,44 +217,36 @@ def execute_cell(link: Link, cell: Cell, out: Path, worker: Worker, *, timeout: 
     name = rerun_name(cell, previous)
     folder = run_folder(out, cell, name)
     remove_partial(out, cell, name)
-    run_config = {**cell.run_config, "output-dir": str((out / RUNS_DIR).resolve()), "run-name": name}
-    fed = federation_config(worker, gpu_client_share)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record = new_record(cell, worker, name, federation_config(worker, gpu_client_share), script, commit)
     t0 = time.perf_counter()
-    base = {"key": cell.key, "name": cell.name, "kind": cell.kind, "dataset": cell.dataset,
-            "algorithm": cell.algorithm.family, "level": cell.algorithm.level, "seed": cell.seed,
-            "run_config": run_config, "num_supernodes": cell.num_supernodes, "federation_config": fed,
-            "run_dir": str(folder.resolve()), "worker": worker.label, "script": script,
-            "fedtrust_commit": commit, "host": platform.node(), "started": started}
     try:
-        outcome = link.run_app(run_config=run_config, num_supernodes=cell.num_supernodes,
-                               federation_config=fed, timeout=timeout)
+        ran = link.run_app(run_config={**record.run_config, "output-dir": str((out / RUNS_DIR).resolve())},
+                           num_supernodes=cell.num_supernodes, federation_config=dict(record.federation_config),
+                           timeout=timeout)
     except (TimeoutError, RuntimeError, OSError, subprocess.SubprocessError) as err:
-        seconds = time.perf_counter() - t0
-        return CellOutcome(cell, "failed", {**base, "status": "error", "error": repr(err), "seconds": seconds},
-                           error=repr(err), seconds=seconds, worker=worker.label)
-    seconds = time.perf_counter() - t0
-    log_path = folder / "flwr.log" if folder.is_dir() else out / "failed" / f"{cell.name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(getattr(outcome, "log", "") or "")
-    base.update(run_id=getattr(outcome, "run_id", None), flwr_status=outcome.status,
-                flwr_details=getattr(outcome, "details", ""), log=str(log_path.resolve()),
-                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=round(seconds, 3))
-    if not outcome.ok:
-        error = f"flwr run ended {outcome.status}: {getattr(outcome, 'details', '')}"
-        return CellOutcome(cell, "failed", {**base, "status": "failed", "error": error}, error=error,
-                           seconds=seconds, worker=worker.label)
+        return _failed(cell, replace(record, error=repr(err), seconds=time.perf_counter() - t0))
+    record = ran_record(record, ran, out, time.perf_counter() - t0)
+    if not ran.ok:
+        return _failed(cell, replace(record, status="failed",
+                                     error=f"flwr run ended {ran.status}: {getattr(ran, 'details', '')}"))
     try:
-        check_config(folder, cell.run_config)
-        summary = summarize_run(folder, cell.kind)
+        summary = read_result(folder, cell)
     except (IncompleteRun, OSError, ValueError, KeyError) as err:
-        return CellOutcome(cell, "failed", {**base, "status": "incomplete", "error": str(err)}, error=str(err),
-                           seconds=seconds, worker=worker.label)
-    record = {**base, "status": "ok", "summary": summary}
-    old = Path(str(previous.get("run_dir", ""))).resolve() if previous and previous.get("run_dir") else None
-    replaces = old if old is not None and old != folder.resolve() and old.parent == folder.resolve().parent else None
-    return CellOutcome(cell, "computed", record, seconds=seconds, worker=worker.label,
-                       replaces=str(replaces or ""))
+        return _failed(cell, replace(record, status="incomplete", error=str(err)))
+    return CellOutcome(cell, "computed", replace(record, status="ok", summary=summary), seconds=record.seconds,
+                       worker=worker.label, replaces=replaced_folder(out, previous, folder))
+
+
+def cell_executor(out: Path, store: CellStore, *, timeout: float, gpu_client_share: float,
+                  script: str) -> Executor:
+    """:func:`execute_cell` for this sweep (a forced cell's previous record taken from ``store``)."""
+    commit = git_commit()
+
+    def execute(link: Link, cell: Cell, worker: Worker) -> CellOutcome:
+        return execute_cell(link, cell, out, worker, timeout=timeout, gpu_client_share=gpu_client_share,
+                            script=script, commit=commit, previous=store.get(cell.key))
+
+    return execute
 
 
 # ------------------------------------------------------------------ the sweep
@@ -251,6 +303,59 @@ def default_link_factory(worker: Worker, root: Path) -> Link:
     return LocalSuperLink(flwr_home=root / f"worker-{worker.index}-{worker.label}", env=worker.env)
 
 
+def failure_record(outcome: CellOutcome, script: str) -> CellRecord:
+    """The record of a cell that failed before it had one (its worker raised)."""
+    cell = outcome.cell
+    return CellRecord(key=cell.key, name=cell.name, kind=cell.kind, status="error", error=outcome.error,
+                      worker=outcome.worker, script=script, finished=_now())
+
+
+def store_outcome(store: CellStore, outcome: CellOutcome, script: str) -> None:
+    """Keep what a finished cell left: its record (then remove the run folder it replaces), or its failure."""
+    if outcome.status == "computed" and outcome.record is not None:
+        store.add(outcome.record)
+        if outcome.replaces:  # the new record is stored: the old run folder can go
+            shutil.rmtree(outcome.replaces, ignore_errors=True)
+    else:
+        store.add_failure(outcome.record or failure_record(outcome, script))
+
+
+class SweepProgress:
+    """The progress bar (tqdm): cells done, and the cell each worker runs now.
+
+    ``lock`` serialises the workers' reports (and what the sweep does with them).
+    """
+
+    def __init__(self, total: int, done: int, desc: str, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.lock = threading.Lock()
+        self.running: dict[str, str] = {}
+        self.bar = tqdm(total=total, initial=done, desc=desc, unit="cell", disable=not enabled, dynamic_ncols=True)
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(", ".join(f"{w}: {n}" for w, n in sorted(self.running.items())) or "-")
+
+    def started(self, cell: Cell, worker: Worker) -> None:
+        with self.lock:
+            self.running[worker.label] = cell.name
+            self._show()
+
+    def finished(self, outcome: CellOutcome) -> None:
+        """One more cell done (call with :attr:`lock` held)."""
+        self.running.pop(outcome.worker, None)
+        self.bar.update(1)
+        if outcome.status == "failed":
+            self.bar.write(f"FAILED {outcome.cell.name}: {outcome.error}")
+        self._show()
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def _close(link: Link | None) -> None:
     if link is not None:
         link.__exit__(None, None, None)
@@ -258,7 +363,7 @@ def _close(link: Link | None) -> None:
 
 def _worker_loop(worker: Worker, todo: queue.Queue, done: Callable[[CellOutcome], None],
                  start: Callable[[Cell, Worker], None], link_factory: LinkFactory, root: Path,
-                 execute: Callable[[Link, Cell, Worker], CellOutcome], stop: threading.Event) -> None:
+                 execute: Executor, stop: threading.Event) -> None:
     """Pull cells until the queue is empty; one SuperLink per worker, restarted after an error."""
     link: Link | None = None
     try:
@@ -275,7 +380,7 @@ def _worker_loop(worker: Worker, todo: queue.Queue, done: Callable[[CellOutcome]
                 outcome = execute(link, cell, worker)
             except Exception as err:  # noqa: BLE001 - a worker reports a cell as failed, it does not die
                 outcome = CellOutcome(cell, "failed", None, error=repr(err), worker=worker.label)
-            if outcome.status == "failed" and (outcome.record or {}).get("status", "error") == "error":
+            if outcome.link_broken:
                 _close(link)  # the SuperLink did not start, or a timed-out run may still hold it
                 link = None
             if not stop.is_set():
@@ -284,11 +389,49 @@ def _worker_loop(worker: Worker, todo: queue.Queue, done: Callable[[CellOutcome]
         _close(link)
 
 
+def run_workers(workers: Sequence[Worker], cells: Sequence[Cell], execute: Executor, link_factory: LinkFactory,
+                progress: SweepProgress, done: Callable[[CellOutcome], None], interrupted: str) -> None:
+    """Run ``cells`` on one thread per worker (at most one per cell), their SuperLinks under a guard.
+
+    On SIGTERM or SIGINT (:class:`SweepInterrupted`) every SuperLink of the sweep is
+    stopped, ``interrupted`` is printed and the interrupt goes on.
+    """
+    if not cells:
+        return
+    todo: queue.Queue = queue.Queue()
+    for cell in cells:
+        todo.put(cell)
+    root = Path(tempfile.mkdtemp(prefix=f"fedtrust-sweep-{os.getpid()}-"))
+    guard = start_guard(root)
+    stop = threading.Event()
+    threads = [threading.Thread(target=_worker_loop, daemon=True, name=f"sweep-{w.label}",
+                                args=(w, todo, done, progress.started, link_factory, root, execute, stop))
+               for w in workers[:len(cells)]]
+    previous = _install_signal_handlers()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        progress.write(interrupted)
+        raise
+    finally:
+        _restore_signal_handlers(previous)
+        if stop.is_set():
+            clean(root)  # stops every process of this sweep's SuperLinks, then removes root
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+        guard.terminate()
+        guard.wait(timeout=10)
+
+
 def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
               gpus: Sequence[int] | None = None, timeout: float = 3600.0, gpu_client_share: float = 0.1,
               script: str = "sweep", progress: bool = True,
-              link_factory: LinkFactory = default_link_factory,
-              execute: Callable[[Link, Cell, Worker], CellOutcome] | None = None) -> SweepResult:
+              link_factory: LinkFactory = default_link_factory, execute: Executor | None = None) -> SweepResult:
     """Run the cells not yet in ``<out>/cells.jsonl``; return every cell's outcome.
 
     Parameters
@@ -312,82 +455,29 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
     link_factory, execute:
         The SuperLink per worker and how a cell is run on it (tests substitute both).
     """
-    from tqdm.auto import tqdm
-
     out = Path(out).resolve()
     t0 = time.perf_counter()
     with FolderLock(out):
         store = CellStore(out)
         to_run, reused = plan(cells, store, force)
         workers = make_workers(visible_gpus() if gpus is None else gpus)
-        result = SweepResult(workers=[w.label for w in workers])
-        result.outcomes += [CellOutcome(c, "reused", store.get(c.key)) for c in reused]
-        commit = git_commit()
-        if execute is None:
-            def execute(link: Link, cell: Cell, worker: Worker) -> CellOutcome:
-                return execute_cell(link, cell, out, worker, timeout=timeout,
-                                    gpu_client_share=gpu_client_share, script=script, commit=commit,
-                                    previous=store.get(cell.key))
-        todo: queue.Queue = queue.Queue()
-        for cell in to_run:
-            todo.put(cell)
-        lock = threading.Lock()
-        running: dict[str, str] = {}
-        bar = tqdm(total=len(to_run) + len(reused), initial=len(reused), desc=script, unit="cell",
-                   disable=not progress, dynamic_ncols=True)
-
-        def show() -> None:
-            bar.set_postfix_str(", ".join(f"{w}: {n}" for w, n in sorted(running.items())) or "-")
-
-        def start(cell: Cell, worker: Worker) -> None:
-            with lock:
-                running[worker.label] = cell.name
-                show()
+        result = SweepResult(outcomes=[CellOutcome(c, "reused", store.get(c.key)) for c in reused],
+                             workers=[w.label for w in workers])
+        execute = execute or cell_executor(out, store, timeout=timeout, gpu_client_share=gpu_client_share,
+                                           script=script)
+        bar = SweepProgress(len(to_run) + len(reused), len(reused), script, progress)
 
         def done(outcome: CellOutcome) -> None:
-            with lock:
-                if outcome.status == "computed":
-                    store.add(outcome.record)
-                    if outcome.replaces:  # the new record is stored: the old run folder can go
-                        shutil.rmtree(outcome.replaces, ignore_errors=True)
-                else:
-                    store.add_failure(outcome.record or {
-                        "key": outcome.cell.key, "name": outcome.cell.name, "kind": outcome.cell.kind,
-                        "status": "error", "error": outcome.error, "worker": outcome.worker,
-                        "script": script, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            with bar.lock:
+                store_outcome(store, outcome, script)
                 result.outcomes.append(outcome)
-                running.pop(outcome.worker, None)
-                bar.update(1)
-                if outcome.status == "failed":
-                    bar.write(f"FAILED {outcome.cell.name}: {outcome.error}")
-                show()
+                bar.finished(outcome)
 
-        root = Path(tempfile.mkdtemp(prefix=f"fedtrust-sweep-{os.getpid()}-"))
-        guard = start_guard(root)
-        stop = threading.Event()
-        threads = [threading.Thread(target=_worker_loop, daemon=True, name=f"sweep-{w.label}",
-                                    args=(w, todo, done, start, link_factory, root, execute, stop))
-                   for w in workers[:max(1, len(to_run))]] if to_run else []
-        previous = _install_signal_handlers()
         try:
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.5)
-        except KeyboardInterrupt:
-            stop.set()
-            bar.write(f"{script}: interrupted; stopping the SuperLinks (finished cells are in {store.path})")
-            raise
+            run_workers(workers, to_run, execute, link_factory, bar, done,
+                        f"{script}: interrupted; stopping the SuperLinks (finished cells are in {store.path})")
         finally:
-            _restore_signal_handlers(previous)
             bar.close()
-            if stop.is_set():
-                clean(root)  # stops every process of this sweep's SuperLinks, then removes root
-            else:
-                shutil.rmtree(root, ignore_errors=True)
-            guard.terminate()
-            guard.wait(timeout=10)
     order = {c.key: i for i, c in enumerate(cells)}
     result.outcomes.sort(key=lambda o: order.get(o.cell.key, len(order)))
     result.seconds = time.perf_counter() - t0
@@ -419,11 +509,10 @@ def describe(result: SweepResult, out: Path) -> str:
               f"{len(result.computed)} computed, {len(result.reused)} reused, {len(result.failed)} failed "
               f"({result.seconds:.0f} s)")]
     for o in result.outcomes:
-        rec = o.record or {}
-        where = rec.get("run_dir", str(run_folder(out, o.cell)))
-        took = f"{rec.get('seconds', o.seconds):.0f} s" if rec.get("seconds", o.seconds) else ""
+        where = (o.record.run_path(out) if o.record else None) or run_folder(out, o.cell)
+        seconds = (o.record.seconds if o.record else None) or o.seconds
+        took = f"{seconds:.0f} s" if seconds else ""
         extra = f"  ERROR: {o.error}" if o.status == "failed" else ""
         lines.append(f"  {o.status:8s} {o.cell.name:48s} {took:>7s}  {where}{extra}")
     lines.append(f"store: {out / 'cells.jsonl'}" + (f"; failures: {out / 'failed.jsonl'}" if result.failed else ""))
     return "\n".join(lines)
-

@@ -1,4 +1,4 @@
-"""The paper's tables from cell records: numbers (pure functions) and CSV / Markdown / LaTeX files.
+"""The paper's tables from cell records: frames of numbers (pandas) and CSV / Markdown / LaTeX files.
 
 Table 1
     SSIM of the gradient-inversion reconstructions per dataset and algorithm: mean,
@@ -11,27 +11,40 @@ Table 2
 Trade-off
     Test accuracy, uplink bytes, SSIM and MIA AUC per algorithm.
 
+Each table is a :class:`Table`: a function from cells and records to a long
+:class:`pandas.DataFrame` (one row per dataset, algorithm and attacker or attack: the
+CSV), and the Markdown and LaTeX views of that frame. Statistics are numpy's (the mean
+and the population standard deviation, ``ddof=0``), applied per group, so the numbers
+are those of the earlier hand-written loops to the bit.
+
 Every table file ends with a footer giving the seed and configuration, and has a
-``<name>.json`` sidecar with the command, every cell's full run config and run folder.
+``<name>.json`` sidecar with the command, every cell's full run config and run folder
+(relative to the sweep folder, like every path the tables write).
 """
 
 from __future__ import annotations
 
-import csv
+import itertools
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from experiments.profiles import Algorithm, Cell, dataset_label
+from experiments.store import CellRecord, relative_path
+from experiments.summaries import AttackScore, ImageScore
 
 ATTACKERS = ("naive", "adaptive")
 #: The paper's three black-box attacks: column label -> fedtrust attack name.
 PAPER_MIA = {"Prediction": "confidence", "Loss": "loss", "Cross-Entropy": "modified_entropy"}
+#: Every black-box attack and threshold scope of Table 2's rows.
+BLACKBOX_ATTACKS = ("confidence", "loss", "entropy", "modified_entropy")
+BLACKBOX_SCOPES = ("global", "per_class")
 #: Update attacks (beyond the paper): column label -> fedtrust attack name.
 UPDATE_MIA = {"cosine": "update_cosine", "cosine (aware)": "update_cosine_aware",
               "loss drop": "update_loss_drop", "regression": "update_regression"}
@@ -42,6 +55,9 @@ MIA_FOOTNOTE = ("Prediction MIA = the true-class softmax confidence (Shokri et a
                 "Song & Mittal (2021), which uses the true label; balanced accuracy of a threshold chosen on a "
                 "disjoint calibration half of the candidates (members: train samples the clients trained on; "
                 "non-members: held-out test samples).")
+
+#: Columns written as integers (empty where missing), not as floats.
+INT_COLUMNS = ("level", "n", "seed", "round", "members", "nonmembers", "rounds", "n_images")
 
 
 # ------------------------------------------------------------------ metadata and footers
@@ -58,10 +74,10 @@ class TableMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def records_of(cells: Sequence[Cell], records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The finished (``status == "ok"``) records of ``cells``, by key."""
+def records_of(cells: Sequence[Cell], records: Iterable[CellRecord]) -> dict[str, CellRecord]:
+    """The finished (``ok``) records of ``cells``, by key."""
     keys = {c.key for c in cells}
-    return {r["key"]: dict(r) for r in records if r.get("key") in keys and r.get("status") == "ok"}
+    return {r.key: r for r in records if r.key in keys and r.ok}
 
 
 def common_settings(cells: Sequence[Cell], defaults: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -81,7 +97,7 @@ def common_settings(cells: Sequence[Cell], defaults: Mapping[str, Any]) -> dict[
     return out
 
 
-def footer(meta: TableMeta, cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]],
+def footer(meta: TableMeta, cells: Sequence[Cell], records: Mapping[str, CellRecord],
            defaults: Mapping[str, Any]) -> list[str]:
     """Footer lines: seed, profile, configuration, command, provenance, missing cells."""
     seeds = sorted({c.seed for c in cells})
@@ -100,23 +116,26 @@ def _value(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (str, bool)) else str(v)
 
 
-def sidecar(meta: TableMeta, cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]],
+def _sidecar_cell(cell: Cell, record: CellRecord | None) -> dict[str, Any]:
+    return {"key": cell.key, "name": cell.name, "kind": cell.kind, "dataset": cell.dataset,
+            "algorithm": cell.algorithm.key, "seed": cell.seed, "num_supernodes": cell.num_supernodes,
+            "status": "ok" if record else "missing", "run_dir": record.run_dir if record else None,
+            "seconds": record.seconds if record else None, "computed_by": record.script if record else None,
+            "run_config": dict(cell.run_config)}
+
+
+def sidecar(meta: TableMeta, cells: Sequence[Cell], records: Mapping[str, CellRecord],
             defaults: Mapping[str, Any], path: Path, files: Sequence[Path]) -> Path:
-    """Write ``<name>.json``: provenance and every cell's full config, seed and run folder."""
+    """Write ``<name>.json``: provenance and every cell's full config, seed and run folder.
+
+    Files and run folders are named relative to the folder of ``path`` (the sweep folder).
+    """
     blob = {
         "script": meta.script, "profile": meta.profile, "description": meta.description,
         "command": meta.command, "generated": meta.generated, "fedtrust_commit": meta.commit,
-        "seeds": sorted({c.seed for c in cells}), "files": [str(f) for f in files],
+        "seeds": sorted({c.seed for c in cells}), "files": [relative_path(f, path.parent) for f in files],
         "common_settings": common_settings(cells, defaults), **meta.extra,
-        "cells": [{
-            "key": c.key, "name": c.name, "kind": c.kind, "dataset": c.dataset,
-            "algorithm": c.algorithm.key, "seed": c.seed, "num_supernodes": c.num_supernodes,
-            "status": "ok" if c.key in records else "missing",
-            "run_dir": records.get(c.key, {}).get("run_dir"),
-            "seconds": records.get(c.key, {}).get("seconds"),
-            "computed_by": records.get(c.key, {}).get("script"),
-            "run_config": dict(c.run_config),
-        } for c in cells],
+        "cells": [_sidecar_cell(c, records.get(c.key)) for c in cells],
     }
     path.write_text(json.dumps(blob, indent=2, default=str) + "\n")
     return path
@@ -124,7 +143,7 @@ def sidecar(meta: TableMeta, cells: Sequence[Cell], records: Mapping[str, Mappin
 
 # ------------------------------------------------------------------ formatting
 def fmt(value: float | None, digits: int = 4) -> str:
-    """A number with ``digits`` decimals, or :data:`MISSING`."""
+    """A number with ``digits`` decimals, or :data:`MISSING` (``None`` or NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     return f"{value:.{digits}f}"
@@ -135,32 +154,46 @@ def fmt_pct(value: float | None, digits: int = 2) -> str:
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}%"
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A GitHub-flavoured Markdown table."""
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+def fmt_bytes(value: float | None) -> str:
+    """Bytes in MB, kB or B, or :data:`MISSING`."""
+    if value is None or math.isnan(value):
+        return MISSING
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} B"
 
 
-_TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+def _pct(values: pd.Series) -> pd.Series:
+    """Fractions shown as percentages."""
+    return (100 * values.astype(float)).map(fmt_pct)
 
 
-def tex_escape(text: str) -> str:
-    """Escape LaTeX's special characters."""
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
+def _dec(values: pd.Series, digits: int) -> pd.Series:
+    return values.astype(float).map(lambda v: fmt(v, digits))
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """Rows as CSV with the given columns (missing values empty)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    return path
+def markdown(frame: pd.DataFrame, header: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table of a frame of strings (``header``: the titles, default its columns)."""
+    header = [str(h) for h in (frame.columns if header is None else header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    if not frame.empty:
+        lines += ("| " + frame.astype(str).agg(" | ".join, axis=1) + " |").tolist()
+    return "\n".join(lines)
 
 
+def latex(frame: pd.DataFrame, labels: int = 2) -> str:
+    """A booktabs tabular of a frame of strings: ``labels`` left-aligned columns, the rest right-aligned."""
+    return frame.to_latex(index=False, escape=True, multicolumn_format="c",
+                          column_format="l" * labels + "r" * (frame.shape[1] - labels)).rstrip("\n")
+
+
+def _dataset_column(datasets: pd.Series) -> pd.Series:
+    """Dataset labels on the first row of each run of one dataset, blank below."""
+    return datasets.map(dataset_label).where(datasets.ne(datasets.shift()), "")
+
+
+# ------------------------------------------------------------------ frames of cells and results
 def _datasets(cells: Sequence[Cell]) -> list[str]:
     return list(dict.fromkeys(c.dataset for c in cells))
 
@@ -169,107 +202,142 @@ def _algorithms(cells: Sequence[Cell]) -> list[Algorithm]:
     return sorted(dict.fromkeys(c.algorithm for c in cells), key=lambda a: a.sort_key)
 
 
-def _cell(cells: Sequence[Cell], kind: str, dataset: str, algo: Algorithm) -> Cell | None:
-    return next((c for c in cells if c.kind == kind and c.dataset == dataset and c.algorithm == algo), None)
+def _of_kind(cells: Sequence[Cell], kind: str) -> list[Cell]:
+    return [c for c in cells if c.kind == kind]
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return float(np.mean(values)) if len(values) else None
+def _mean(values: pd.Series) -> float:
+    return float(np.mean(values.to_numpy(dtype=float)))
+
+
+def _std(values: pd.Series) -> float:
+    """The population standard deviation (``ddof=0``)."""
+    return float(np.std(values.to_numpy(dtype=float), ddof=0))
+
+
+def _int_mean(values: pd.Series) -> int:
+    return int(np.mean(values.to_numpy(dtype=float)))
+
+
+def grid(algos: Sequence[Algorithm], **levels: Sequence[Any]) -> pd.DataFrame:
+    """Every combination of ``levels`` (the first outermost; ``algorithm`` takes the keys of
+    ``algos``), with each algorithm's family, level, label and whether it is the baseline."""
+    frame = pd.DataFrame(list(itertools.product(*levels.values())), columns=list(levels), dtype=object)
+    about = pd.DataFrame([(a.key, a.family, a.level, a.label, a.baseline) for a in algos],
+                         columns=["algorithm", "family", "level", "label", "baseline"]).astype({"algorithm": object})
+    frame = frame.merge(about, on="algorithm", how="left")
+    frame["dataset_label"] = frame["dataset"].map(dataset_label)
+    return frame
+
+
+CELL_COLUMNS = ("dataset", "algorithm", "cell", "seed", "run_dir", "has_record", "test_accuracy", "rounds",
+                "uplink_bytes_per_client_round", "dense_bytes_per_client_round")
+
+
+def _cell_row(cell: Cell, record: CellRecord | None) -> dict[str, Any]:
+    rounds = record.summary.rounds if record else None
+    return {"dataset": cell.dataset, "algorithm": cell.algorithm.key, "cell": cell.key, "seed": cell.seed,
+            "run_dir": record.run_dir if record else None, "has_record": record is not None,
+            "test_accuracy": rounds.test_accuracy if rounds else None, "rounds": rounds.rounds if rounds else None,
+            "uplink_bytes_per_client_round": rounds.uplink_bytes_per_client_round if rounds else None,
+            "dense_bytes_per_client_round": rounds.dense_bytes_per_client_round if rounds else None}
+
+
+def cell_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
+    """One row per (dataset, algorithm) of ``cells`` (the first cell of each): its key, seed,
+    run folder, whether it has a record, and the record's round numbers."""
+    frame = pd.DataFrame([_cell_row(c, records.get(c.key)) for c in cells], columns=list(CELL_COLUMNS))
+    frame = frame.astype({"seed": "Int64", "rounds": "Int64", "test_accuracy": float,
+                          "uplink_bytes_per_client_round": float, "dense_bytes_per_client_round": float})
+    return frame.drop_duplicates(["dataset", "algorithm"])
+
+
+def score_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord], row_type: type) -> pd.DataFrame:
+    """Every :class:`~experiments.summaries.ImageScore` or :class:`~experiments.summaries.AttackScore`
+    of the cells' records, one row each, with the cell's key (column ``cell``)."""
+    attr = "images" if row_type is ImageScore else "attacks"
+    rows = [{"cell": c.key, **asdict(s)} for c in cells if c.key in records
+            for s in getattr(records[c.key].summary, attr)]
+    return pd.DataFrame(rows, columns=["cell", *(f.name for f in fields(row_type))])
+
+
+def _ints(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({c: "Int64" for c in INT_COLUMNS if c in frame})
+
+
+def _status(found: pd.Series) -> pd.Series:
+    return found.eq(True).map({True: "ok", False: "missing"})
 
 
 # ------------------------------------------------------------------ Table 1
-def ssim_stats(values: Sequence[float]) -> tuple[float | None, float | None, int]:
-    """``(mean, std, n)``; std is the population standard deviation (``ddof=0``)."""
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return None, None, 0
-    return float(arr.mean()), float(arr.std(ddof=0)), int(arr.size)
+def ssim_stats(images: pd.DataFrame) -> pd.DataFrame:
+    """Per cell and attacker: SSIM mean, std (population, ``ddof=0``), n and PSNR mean."""
+    return (images.groupby(["cell", "attacker"], sort=False)
+            .agg(ssim_mean=("ssim", _mean), ssim_std=("ssim", _std), n=("ssim", "size"), psnr_mean=("psnr", _mean))
+            .reset_index())
 
 
-def table1_rows(cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def table1_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
     """One row per dataset, attacker and algorithm (paper order) with SSIM mean, std, % of SGD, n."""
-    rows = []
-    gcells = [c for c in cells if c.kind == "gradinv"]
-    for ds in _datasets(gcells):
-        for attacker in ATTACKERS:
-            block = []
-            for algo in _algorithms(gcells):
-                cell = _cell(gcells, "gradinv", ds, algo)
-                rec = records.get(cell.key) if cell else None
-                images = [im for im in (rec or {}).get("summary", {}).get("gradinv", {}).get("images", [])
-                          if im["attacker"] == attacker]
-                mean, std, n = ssim_stats([im["ssim"] for im in images])
-                block.append({
-                    "dataset": ds, "dataset_label": dataset_label(ds), "attacker": attacker,
-                    "algorithm": algo.key, "family": algo.family, "level": algo.level, "label": algo.label,
-                    "ssim_mean": mean, "ssim_std": std, "n": n,
-                    "psnr_mean": _mean([im["psnr"] for im in images]),
-                    "seed": cell.seed if cell else None, "cell": cell.key if cell else None,
-                    "run_dir": (rec or {}).get("run_dir"), "status": "ok" if rec else "missing",
-                })
-            base = next((r["ssim_mean"] for r in block if r["family"] == "sgd"), None)
-            for r in block:
-                r["pct_of_sgd"] = (100.0 * r["ssim_mean"] / base
-                                   if r["ssim_mean"] is not None and base not in (None, 0.0) else None)
-            rows += block
-    return rows
+    gcells = _of_kind(cells, "gradinv")
+    algos = _algorithms(gcells)
+    rows = (grid(algos, dataset=_datasets(gcells), attacker=ATTACKERS, algorithm=[a.key for a in algos])
+            .merge(cell_frame(gcells, records), on=["dataset", "algorithm"], how="left")
+            .merge(ssim_stats(score_frame(gcells, records, ImageScore)), on=["cell", "attacker"], how="left"))
+    rows["n"] = rows["n"].fillna(0).astype(int)
+    base = rows["ssim_mean"].where(rows["baseline"]).groupby([rows["dataset"], rows["attacker"]]).transform("first")
+    rows["pct_of_sgd"] = (100.0 * rows["ssim_mean"] / base).where(base != 0)
+    rows["status"] = _status(rows["has_record"])
+    return _ints(rows)
 
 
 TABLE1_COLUMNS = ("dataset", "attacker", "algorithm", "family", "level", "label", "ssim_mean", "ssim_std",
                   "pct_of_sgd", "n", "psnr_mean", "seed", "cell", "run_dir", "status")
 
+TABLE1_STATS = ("Mean", "Std", "% of SGD", "n")
 
-def table1_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+
+def table1_wide(rows: pd.DataFrame, attacker: str) -> pd.DataFrame:
+    """One attacker's block, shown: a row per algorithm label, columns ``(dataset label, statistic)``."""
+    block = rows[rows["attacker"] == attacker]
+    shown = pd.DataFrame({"label": block["label"], "dataset": block["dataset"],
+                          "Mean": _dec(block["ssim_mean"], 4), "Std": _dec(block["ssim_std"], 4),
+                          "% of SGD": block["pct_of_sgd"].astype(float).map(fmt_pct), "n": block["n"].astype(str)})
+    wide = shown.set_index(["label", "dataset"]).unstack("dataset").swaplevel(axis=1)
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    wide = wide.reindex(columns=pd.MultiIndex.from_product([datasets, TABLE1_STATS]),
+                        index=list(dict.fromkeys(block["label"]))).fillna(MISSING)
+    return wide.rename(columns={d: dataset_label(d) for d in datasets}, level=0)
+
+
+TABLE1_TITLES = {"naive": "Naive attacker (matches the decoded update with a dense gradient; the paper's)",
+                 "adaptive": "Adaptive attacker (knows the compressor; matches what was sent)"}
+
+
+def _attackers(rows: pd.DataFrame) -> list[str]:
+    return [a for a in ATTACKERS if (rows["attacker"] == a).any()]
+
+
+def table1_markdown(rows: pd.DataFrame) -> str:
     """Two blocks (naive, adaptive); rows = algorithms, column groups = datasets."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    labels = {r["dataset"]: r["dataset_label"] for r in rows}
     parts = []
-    for attacker in ATTACKERS:
-        block = [r for r in rows if r["attacker"] == attacker]
-        if not block:
-            continue
-        header = ["Algorithm"]
-        for ds in datasets:
-            header += [f"{labels[ds]} Mean", "Std", "% of SGD", "n"]
-        body = []
-        for label in dict.fromkeys(r["label"] for r in block):
-            line = [label]
-            for ds in datasets:
-                r = next((x for x in block if x["dataset"] == ds and x["label"] == label), None)
-                line += ([fmt(r["ssim_mean"]), fmt(r["ssim_std"]), fmt_pct(r["pct_of_sgd"]), str(r["n"])]
-                         if r else [MISSING] * 4)
-            body.append(line)
-        title = ("Naive attacker (matches the decoded update with a dense gradient; the paper's)"
-                 if attacker == "naive" else "Adaptive attacker (knows the compressor; matches what was sent)")
-        parts.append(f"**{title}**\n\n" + markdown(header, body))
+    for attacker in _attackers(rows):
+        wide = table1_wide(rows, attacker)
+        header = ["Algorithm", *(f"{ds} {stat}" if stat == TABLE1_STATS[0] else stat for ds, stat in wide.columns)]
+        parts.append(f"**{TABLE1_TITLES[attacker]}**\n\n" + markdown(wide.reset_index(), header))
     return "\n\n".join(parts)
 
 
-def table1_tex(rows: Sequence[Mapping[str, Any]]) -> str:
-    """LaTeX (booktabs): a column group per dataset, a block per attacker."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    labels = {r["dataset"]: r["dataset_label"] for r in rows}
-    ncol = 1 + 4 * len(datasets)
-    lines = [r"\begin{tabular}{l" + "rrrr" * len(datasets) + "}", r"\toprule",
-             " & " + " & ".join(rf"\multicolumn{{4}}{{c}}{{{tex_escape(labels[d])}}}" for d in datasets) + r" \\",
-             "".join(rf"\cmidrule(lr){{{2 + 4 * i}-{5 + 4 * i}}}" for i in range(len(datasets))),
-             "Algorithm & " + " & ".join(["Mean & Std & \\% of SGD & $n$"] * len(datasets)) + r" \\",
-             r"\midrule"]
-    for attacker in ATTACKERS:
-        block = [r for r in rows if r["attacker"] == attacker]
-        if not block:
-            continue
-        lines.append(rf"\multicolumn{{{ncol}}}{{l}}{{\emph{{{attacker.capitalize()} attacker}}}} \\")
-        for label in dict.fromkeys(r["label"] for r in block):
-            cells = [tex_escape(label)]
-            for ds in datasets:
-                r = next((x for x in block if x["dataset"] == ds and x["label"] == label), None)
-                cells += ([fmt(r["ssim_mean"]), fmt(r["ssim_std"]), tex_escape(fmt_pct(r["pct_of_sgd"])), str(r["n"])]
-                          if r else [MISSING] * 4)
-            lines.append(" & ".join(cells) + r" \\")
-        lines.append(r"\midrule" if attacker != ATTACKERS[-1] else r"\bottomrule")
-    lines.append(r"\end{tabular}")
-    return "\n".join(lines)
+def table1_tex(rows: pd.DataFrame) -> str:
+    """LaTeX (booktabs): a column group per dataset, a block of rows per attacker."""
+    blocks = []
+    for attacker in _attackers(rows):
+        wide = table1_wide(rows, attacker)
+        shown = wide.reset_index(drop=True)
+        shown.insert(0, ("", "Algorithm"), list(wide.index))
+        shown.insert(0, ("", "Attacker"), [attacker.capitalize()] + [""] * (len(wide) - 1))
+        blocks.append(shown)
+    return latex(pd.concat(blocks, ignore_index=True)) if blocks else ""
 
 
 TABLE1_CAPTION = ("Table 1: SSIM between each reconstructed image and its original (gradient inversion of "
@@ -280,57 +348,50 @@ TABLE1_CAPTION = ("Table 1: SSIM between each reconstructed image and its origin
 
 
 # ------------------------------------------------------------------ Table 2
-def _mia_results(rec: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return list((rec or {}).get("summary", {}).get("mia", {}).get("results", []))
+def final_results(attacks: pd.DataFrame) -> pd.DataFrame:
+    """The black-box results of the last round, per cell, attack and scope."""
+    blackbox = attacks[attacks["scope"].isin(BLACKBOX_SCOPES)]
+    last = blackbox.groupby(["cell", "attack", "scope"], sort=False)["round"].idxmax()
+    return blackbox.loc[last.to_numpy()]
 
 
-def _pick(results: Sequence[Mapping[str, Any]], attack: str, scope: str) -> dict[str, Any] | None:
-    """The last (final-round) result of one black-box attack and scope."""
-    found = [r for r in results if r["attack"] == attack and r["scope"] == scope]
-    return dict(max(found, key=lambda r: r["round"])) if found else None
+def update_means(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Mean metrics of each update attack over every intercepted update of a cell (and the AUC's std)."""
+    update = attacks[attacks["scope"] == "update"]
+    return (update.groupby(["cell", "attack"], sort=False)
+            .agg(accuracy=("accuracy", _mean), auc=("auc", _mean), tpr_at_1pct_fpr=("tpr_at_1pct_fpr", _mean),
+                 tpr_at_0_1pct_fpr=("tpr_at_0_1pct_fpr", _mean), auc_std=("auc", _std), n=("auc", "size"),
+                 members=("members", _int_mean), nonmembers=("nonmembers", _int_mean))
+            .reset_index().assign(scope="update"))
 
 
-def _update_mean(results: Sequence[Mapping[str, Any]], attack: str) -> dict[str, Any] | None:
-    """Mean metrics of one update attack over every intercepted update."""
-    found = [r for r in results if r["attack"] == attack and r["scope"] == "update"]
-    if not found:
-        return None
-    keys = ("accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr")
-    out: dict[str, Any] = {k: float(np.mean([r[k] for r in found])) for k in keys}
-    out["auc_std"] = float(np.std([r["auc"] for r in found]))
-    out.update(n=len(found), members=int(np.mean([r["members"] for r in found])),
-               nonmembers=int(np.mean([r["nonmembers"] for r in found])))
-    return out
+def _in_order(rows: pd.DataFrame, datasets: Sequence[str], algos: Sequence[Algorithm],
+              sources: Sequence[str]) -> pd.DataFrame:
+    """``rows`` sorted by dataset, algorithm and source (stable: rows keep their order within)."""
+    order = {"dataset": {d: i for i, d in enumerate(datasets)},
+             "algorithm": {a.key: i for i, a in enumerate(algos)}, "source": {s: i for i, s in enumerate(sources)}}
+    return rows.sort_values(list(order), key=lambda col: col.map(order[col.name]), kind="stable")
 
 
-def table2_rows(cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+def table2_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
     """Long rows: per dataset, algorithm, source (``blackbox``/``update``), attack and scope."""
-    rows = []
-    for ds in _datasets(cells):
-        for algo in _algorithms(cells):
-            mcell = _cell(cells, "mia", ds, algo)
-            ucell = _cell(cells, "update", ds, algo)
-            mrec = records.get(mcell.key) if mcell else None
-            urec = records.get(ucell.key) if ucell else None
-            common = {"dataset": ds, "dataset_label": dataset_label(ds), "algorithm": algo.key,
-                      "family": algo.family, "level": algo.level, "label": algo.label}
-            if mcell is not None:
-                acc = (mrec or {}).get("summary", {}).get("rounds", {}).get("test_accuracy")
-                for attack in ("confidence", "loss", "entropy", "modified_entropy"):
-                    for scope in ("global", "per_class"):
-                        r = _pick(_mia_results(mrec), attack, scope)
-                        rows.append({**common, "source": "blackbox", "attack": attack, "scope": scope,
-                                     **(r or {}), "n": 1 if r else 0, "test_accuracy": acc,
-                                     "seed": mcell.seed, "cell": mcell.key,
-                                     "run_dir": (mrec or {}).get("run_dir"),
-                                     "status": "ok" if r else "missing"})
-            if ucell is not None:
-                for attack in UPDATE_MIA.values():
-                    r = _update_mean(_mia_results(urec), attack)
-                    rows.append({**common, "source": "update", "attack": attack, "scope": "update",
-                                 **(r or {}), "n": (r or {}).get("n", 0), "seed": ucell.seed, "cell": ucell.key,
-                                 "run_dir": (urec or {}).get("run_dir"), "status": "ok" if r else "missing"})
-    return rows
+    datasets, algos = _datasets(cells), _algorithms(cells)
+    keys = [a.key for a in algos]
+    attacks = score_frame(cells, records, AttackScore)
+    blackbox = (grid(algos, dataset=datasets, algorithm=keys, attack=BLACKBOX_ATTACKS, scope=BLACKBOX_SCOPES)
+                .merge(cell_frame(_of_kind(cells, "mia"), records), on=["dataset", "algorithm"])
+                .merge(final_results(attacks).assign(found=True), on=["cell", "attack", "scope"], how="left")
+                .assign(source="blackbox"))
+    blackbox["n"] = blackbox["found"].eq(True).astype(int)
+    update = (grid(algos, dataset=datasets, algorithm=keys, attack=list(UPDATE_MIA.values()))
+              .merge(cell_frame(_of_kind(cells, "update"), records), on=["dataset", "algorithm"])
+              .drop(columns="test_accuracy")
+              .merge(update_means(attacks).assign(found=True), on=["cell", "attack"], how="left")
+              .assign(source="update", scope="update"))
+    update["n"] = update["n"].fillna(0).astype(int)
+    rows = _in_order(pd.concat([blackbox, update], ignore_index=True), datasets, algos, ("blackbox", "update"))
+    rows["status"] = _status(rows["found"])
+    return _ints(rows.reset_index(drop=True))
 
 
 TABLE2_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "source", "attack", "scope", "accuracy",
@@ -338,102 +399,95 @@ TABLE2_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "source", 
                   "round", "test_accuracy", "seed", "cell", "run_dir", "status")
 
 
-def _lookup(rows: Sequence[Mapping[str, Any]], ds: str, label: str, source: str, attack: str,
-            scope: str) -> Mapping[str, Any] | None:
-    return next((r for r in rows if r["dataset"] == ds and r["label"] == label and r["source"] == source
-                 and r["attack"] == attack and r["scope"] == scope and r["status"] == "ok"), None)
+class Results:
+    """Table 2's rows by (dataset, algorithm label), in table order, to pick sub-table columns from."""
+
+    def __init__(self, rows: pd.DataFrame) -> None:
+        self.rows = rows
+        self.index = pd.MultiIndex.from_product([list(dict.fromkeys(rows["dataset"])),
+                                                 list(dict.fromkeys(rows["label"]))], names=["dataset", "label"])
+
+    def first(self, field_: str, only_ok: bool = True, **match: str) -> pd.Series:
+        """``field_`` of the first row matching ``match`` (and with status ``ok``), per table row (NaN if none)."""
+        chosen = self.rows[self.rows["status"].eq("ok")] if only_ok else self.rows
+        for column, value in match.items():
+            chosen = chosen[chosen[column] == value]
+        chosen = chosen.drop_duplicates(["dataset", "label"]).set_index(["dataset", "label"])
+        return chosen[field_].reindex(self.index)
+
+    def shown(self, columns: Mapping[str, pd.Series]) -> pd.DataFrame:
+        """A sub-table: ``Dataset``, ``Algorithm`` and ``columns`` (strings, one per table row)."""
+        datasets = pd.Series(self.index.get_level_values("dataset"))
+        frame = pd.DataFrame({"Dataset": _dataset_column(datasets), "Algorithm": self.index.get_level_values("label")})
+        for title, values in columns.items():
+            frame[title] = values.to_numpy()
+        return frame
 
 
-def _get(r: Mapping[str, Any] | None, key: str) -> float | None:
-    return None if r is None else r.get(key)
+def _paper_block(res: Results) -> pd.DataFrame:
+    columns = {f"{k} MIA": _pct(res.first("accuracy", source="blackbox", attack=a, scope="global"))
+               for k, a in PAPER_MIA.items()}
+    columns["Test acc."] = _pct(res.first("test_accuracy", only_ok=False, source="blackbox"))
+    return res.shown(columns)
 
 
-def table2_blocks(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """``(title, header, body)`` of each sub-table (paper layout, AUC/TPR, per-class, update attacks)."""
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    labels = {r["dataset"]: r["dataset_label"] for r in rows}
-    algos = list(dict.fromkeys(r["label"] for r in rows))
-    has = {s: any(r["source"] == s for r in rows) for s in ("blackbox", "update")}
-    blocks = []
-
-    def body(make) -> list[list[str]]:
-        out = []
-        for ds in datasets:
-            for i, label in enumerate(algos):
-                out.append([labels[ds] if i == 0 else "", label, *make(ds, label)])
-        return out
-
-    if has["blackbox"]:
-        def paper(ds: str, label: str) -> list[str]:
-            res = [_lookup(rows, ds, label, "blackbox", a, "global") for a in PAPER_MIA.values()]
-            acc = next((r.get("test_accuracy") for r in rows if r["dataset"] == ds and r["label"] == label
-                        and r["source"] == "blackbox"), None)
-            return [fmt_pct(None if r is None else 100 * r["accuracy"]) for r in res] + \
-                   [fmt_pct(None if acc is None else 100 * acc)]
-
-        blocks.append(("Table 2: membership-inference attack success (balanced accuracy, global threshold)",
-                       ["Dataset", "Algorithm", *(f"{k} MIA" for k in PAPER_MIA), "Test acc."], body(paper)))
-
-        def roc(ds: str, label: str) -> list[str]:
-            out = []
-            for attack in PAPER_MIA.values():
-                r = _lookup(rows, ds, label, "blackbox", attack, "global")
-                out += [fmt(_get(r, "auc"), 3), fmt_pct(None if r is None else 100 * r["tpr_at_1pct_fpr"]),
-                        fmt_pct(None if r is None else 100 * r["tpr_at_0_1pct_fpr"])]
-            return out
-
-        blocks.append(("Table 2b: AUC and TPR at 1% / 0.1% FPR (global threshold)",
-                       ["Dataset", "Algorithm"] + [f"{k} {m}" for k in PAPER_MIA
-                                                   for m in ("AUC", "TPR@1%", "TPR@0.1%")], body(roc)))
-
-        def per_class(ds: str, label: str) -> list[str]:
-            res = [_lookup(rows, ds, label, "blackbox", a, "per_class") for a in PAPER_MIA.values()]
-            return [fmt_pct(None if r is None else 100 * r["accuracy"]) for r in res] + \
-                   [fmt(_get(r, "auc"), 3) for r in res]
-
-        blocks.append(("Table 2c: per-class thresholds (balanced accuracy; AUC)",
-                       ["Dataset", "Algorithm", *(f"{k} MIA" for k in PAPER_MIA), *(f"{k} AUC" for k in PAPER_MIA)],
-                       body(per_class)))
-    if has["update"]:
-        def update(ds: str, label: str) -> list[str]:
-            res = [_lookup(rows, ds, label, "update", a, "update") for a in UPDATE_MIA.values()]
-            n = next((str(r["n"]) for r in res if r is not None), "0")
-            return [fmt(_get(r, "auc"), 3) for r in res] + \
-                   [fmt_pct(None if res[-1] is None else 100 * res[-1]["tpr_at_1pct_fpr"]), n]
-
-        blocks.append((("Table 2d (beyond the paper): update attacks on intercepted FedSGD updates "
-                        "(AUC, mean over the n intercepted client updates)"),
-                       ["Dataset", "Algorithm", *(f"{k} AUC" for k in UPDATE_MIA), "regression TPR@1%", "n"],
-                       body(update)))
-    return blocks
+def _roc_block(res: Results) -> pd.DataFrame:
+    columns = {}
+    for k, a in PAPER_MIA.items():
+        pick = {"source": "blackbox", "attack": a, "scope": "global"}
+        columns[f"{k} AUC"] = _dec(res.first("auc", **pick), 3)
+        columns[f"{k} TPR@1%"] = _pct(res.first("tpr_at_1pct_fpr", **pick))
+        columns[f"{k} TPR@0.1%"] = _pct(res.first("tpr_at_0_1pct_fpr", **pick))
+    return res.shown(columns)
 
 
-def table2_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    return "\n\n".join(f"**{title}**\n\n" + markdown(header, body) for title, header, body in table2_blocks(rows))
+def _per_class_block(res: Results) -> pd.DataFrame:
+    pick = {k: {"source": "blackbox", "attack": a, "scope": "per_class"} for k, a in PAPER_MIA.items()}
+    return res.shown({**{f"{k} MIA": _pct(res.first("accuracy", **p)) for k, p in pick.items()},
+                      **{f"{k} AUC": _dec(res.first("auc", **p), 3) for k, p in pick.items()}})
 
 
-def table2_tex(rows: Sequence[Mapping[str, Any]]) -> str:
-    parts = []
-    for title, header, body in table2_blocks(rows):
-        lines = [f"% {title}", r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
-                 " & ".join(tex_escape(h) for h in header) + r" \\", r"\midrule"]
-        lines += [" & ".join(tex_escape(c) for c in line) + r" \\" for line in body]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
+def _update_block(res: Results) -> pd.DataFrame:
+    columns = {f"{k} AUC": _dec(res.first("auc", source="update", attack=a), 3) for k, a in UPDATE_MIA.items()}
+    columns["regression TPR@1%"] = _pct(res.first("tpr_at_1pct_fpr", source="update", attack=UPDATE_MIA["regression"]))
+    columns["n"] = res.first("n", source="update").map(lambda v: "0" if pd.isna(v) else str(int(v)))
+    return res.shown(columns)
 
 
-def table2_footnotes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+#: Table 2's sub-tables: the source of rows each needs, its title and how it is built.
+TABLE2_BLOCKS: tuple[tuple[str, str, Callable[[Results], pd.DataFrame]], ...] = (
+    ("blackbox", "Table 2: membership-inference attack success (balanced accuracy, global threshold)", _paper_block),
+    ("blackbox", "Table 2b: AUC and TPR at 1% / 0.1% FPR (global threshold)", _roc_block),
+    ("blackbox", "Table 2c: per-class thresholds (balanced accuracy; AUC)", _per_class_block),
+    ("update", ("Table 2d (beyond the paper): update attacks on intercepted FedSGD updates "
+                "(AUC, mean over the n intercepted client updates)"), _update_block),
+)
+
+
+def table2_blocks(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``(title, sub-table)`` of each sub-table whose source has rows (paper layout, AUC/TPR, per-class, update)."""
+    res = Results(rows)
+    return [(title, build(res)) for source, title, build in TABLE2_BLOCKS if (rows["source"] == source).any()]
+
+
+def table2_markdown(rows: pd.DataFrame) -> str:
+    return "\n\n".join(f"**{title}**\n\n" + markdown(frame) for title, frame in table2_blocks(rows))
+
+
+def table2_tex(rows: pd.DataFrame) -> str:
+    return "\n\n".join(f"% {title}\n" + latex(frame) for title, frame in table2_blocks(rows))
+
+
+def table2_footnotes(rows: pd.DataFrame) -> list[str]:
     """The attacks' definitions and the candidate counts (the resolution of TPR at low FPR)."""
     notes = [MIA_FOOTNOTE]
-    bb = [r for r in rows if r["source"] == "blackbox" and r["status"] == "ok"]
-    if bb:
-        non = sorted({int(r["nonmembers"]) for r in bb})
-        mem = sorted({int(r["members"]) for r in bb})
+    bb = rows[(rows["source"] == "blackbox") & (rows["status"] == "ok")]
+    if not bb.empty:
+        mem, non = (sorted(set(bb[c].astype(int))) for c in ("members", "nonmembers"))
         notes.append(f"Evaluation candidates per black-box attack: {'/'.join(map(str, mem))} members and "
                      f"{'/'.join(map(str, non))} non-members; TPR at 0.1% FPR needs >= 1,000 non-members to mean "
                      f"more than 'no false positive at all'.")
-    if any(r["source"] == "update" for r in rows):
+    if (rows["source"] == "update").any():
         notes.append("Update attacks (fedtrust.attacks.mia.update_attack): was a candidate in the client's "
                      "batch? Scored by the cosine of its gradient with the decoded update, the same cosine over "
                      "what was transmitted only (compression-aware), the loss drop of the server's step, and a "
@@ -441,40 +495,57 @@ def table2_footnotes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return notes
 
 
+TABLE2_CAPTION = ("Table 2: membership-inference attacks per dataset and algorithm. Black-box attacks query the "
+                  "final global model; update attacks (beyond the paper) see one client's intercepted FedSGD update.")
+
+
 # ------------------------------------------------------------------ trade-off
-def tradeoff_rows(cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per dataset and algorithm: accuracy, uplink bytes, SSIM (naive, adaptive), MIA AUC."""
-    t1 = table1_rows(cells, records)
-    rows = []
-    for ds in _datasets(cells):
-        for algo in _algorithms(cells):
-            g = _cell(cells, "gradinv", ds, algo)
-            m = _cell(cells, "mia", ds, algo)
-            grec = records.get(g.key) if g else None
-            mrec = records.get(m.key) if m else None
-            rounds = (mrec or grec or {}).get("summary", {}).get("rounds", {})
-            ssim = {r["attacker"]: r for r in t1 if r["dataset"] == ds and r["algorithm"] == algo.key}
-            aucs = {name: _get(_pick(_mia_results(mrec), attack, "global"), "auc")
-                    for name, attack in PAPER_MIA.items()}
-            uplink = rounds.get("uplink_bytes_per_client_round")
-            dense = rounds.get("dense_bytes_per_client_round")
-            rows.append({
-                "dataset": ds, "dataset_label": dataset_label(ds), "algorithm": algo.key, "family": algo.family,
-                "level": algo.level, "label": algo.label,
-                "test_accuracy": (mrec or {}).get("summary", {}).get("rounds", {}).get("test_accuracy"),
-                "rounds": (mrec or {}).get("summary", {}).get("rounds", {}).get("rounds"),
-                "uplink_bytes_per_client_round": uplink, "dense_bytes_per_client_round": dense,
-                "compression": (dense / uplink) if uplink and dense else None,
-                "ssim_naive": ssim.get("naive", {}).get("ssim_mean"),
-                "ssim_adaptive": ssim.get("adaptive", {}).get("ssim_mean"),
-                "n_images": ssim.get("naive", {}).get("n"),
-                "mia_auc_prediction": aucs["Prediction"], "mia_auc_loss": aucs["Loss"],
-                "mia_auc_cross_entropy": aucs["Cross-Entropy"],
-                "seed": (g or m).seed if (g or m) else None,
-                "gradinv_cell": g.key if g else None, "mia_cell": m.key if m else None,
-                "status": "ok" if (grec or not g) and (mrec or not m) else "missing",
-            })
-    return rows
+def _prefixed(frame: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return frame.rename(columns=lambda c: c if c in ("dataset", "algorithm") else f"{prefix}{c}")
+
+
+def _final_aucs(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
+    """Per mia cell (column ``m_cell``): the final global AUC of each of the paper's attacks."""
+    final = final_results(score_frame(cells, records, AttackScore))
+    final = final[final["scope"] == "global"]
+    wide = pd.DataFrame({"m_cell": pd.Series(dtype=object)})
+    for name, attack in PAPER_MIA.items():
+        column = f"mia_auc_{name.lower().replace('-', '_')}"
+        picked = final.loc[final["attack"] == attack, ["cell", "auc"]].rename(columns={"cell": "m_cell", "auc": column})
+        wide = wide.merge(picked, on="m_cell", how="outer")
+    return wide
+
+
+def _ssim_columns(t1: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and algorithm: both attackers' SSIM mean and the naive attacker's n."""
+    keys = ["dataset", "algorithm"]
+    naive = t1.loc[t1["attacker"] == "naive", [*keys, "ssim_mean", "n"]].rename(
+        columns={"ssim_mean": "ssim_naive", "n": "n_images"})
+    adaptive = t1.loc[t1["attacker"] == "adaptive", [*keys, "ssim_mean"]].rename(columns={"ssim_mean": "ssim_adaptive"})
+    return naive.merge(adaptive, on=keys, how="outer")
+
+
+def tradeoff_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
+    """Per dataset and algorithm: accuracy, uplink bytes, SSIM (naive, adaptive), MIA AUC.
+
+    Accuracy and the MIA AUC come from the mia cell; traffic from the mia cell, or the
+    gradinv cell where the mia cell has no record.
+    """
+    algos, keys = _algorithms(cells), ["dataset", "algorithm"]
+    rows = (grid(algos, dataset=_datasets(cells), algorithm=[a.key for a in algos])
+            .merge(_prefixed(cell_frame(_of_kind(cells, "gradinv"), records), "g_"), on=keys, how="left")
+            .merge(_prefixed(cell_frame(_of_kind(cells, "mia"), records), "m_"), on=keys, how="left")
+            .merge(_ssim_columns(table1_frame(cells, records)), on=keys, how="left")
+            .merge(_final_aucs(_of_kind(cells, "mia"), records), on="m_cell", how="left"))
+    mia, gradinv = rows["m_has_record"].eq(True), rows["g_has_record"].eq(True)
+    for column in ("uplink_bytes_per_client_round", "dense_bytes_per_client_round"):
+        rows[column] = rows[f"m_{column}"].where(mia, rows[f"g_{column}"])
+    uplink, dense = rows["uplink_bytes_per_client_round"], rows["dense_bytes_per_client_round"]
+    rows["compression"] = (dense / uplink).where(uplink.fillna(0).ne(0) & dense.fillna(0).ne(0))
+    rows = rows.assign(test_accuracy=rows["m_test_accuracy"], rounds=rows["m_rounds"],
+                       seed=rows["g_seed"].fillna(rows["m_seed"]), gradinv_cell=rows["g_cell"], mia_cell=rows["m_cell"])
+    rows["status"] = _status((gradinv | rows["g_cell"].isna()) & (mia | rows["m_cell"].isna()))
+    return _ints(rows)
 
 
 TRADEOFF_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "test_accuracy", "rounds",
@@ -483,41 +554,23 @@ TRADEOFF_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "test_ac
                     "mia_auc_cross_entropy", "seed", "gradinv_cell", "mia_cell", "status")
 
 
-def _bytes(value: float | None) -> str:
-    if value is None:
-        return MISSING
-    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{value:.0f} B"
+def tradeoff_shown(rows: pd.DataFrame) -> pd.DataFrame:
+    """The trade-off as shown: a row per dataset and algorithm, formatted."""
+    return pd.DataFrame({
+        "Dataset": _dataset_column(rows["dataset"]), "Algorithm": rows["label"],
+        "Test acc.": _pct(rows["test_accuracy"]),
+        "Uplink / client / round": rows["uplink_bytes_per_client_round"].astype(float).map(fmt_bytes),
+        "Compression": rows["compression"].astype(float).map(lambda v: MISSING if math.isnan(v) else f"{v:.1f}x"),
+        "SSIM naive": _dec(rows["ssim_naive"], 4), "SSIM adaptive": _dec(rows["ssim_adaptive"], 4),
+        "MIA AUC (loss)": _dec(rows["mia_auc_loss"], 3)})
 
 
-def tradeoff_body(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["Dataset", "Algorithm", "Test acc.", "Uplink / client / round", "Compression", "SSIM naive",
-              "SSIM adaptive", "MIA AUC (loss)"]
-    body, last = [], None
-    for r in rows:
-        body.append([r["dataset_label"] if r["dataset"] != last else "", r["label"],
-                     fmt_pct(None if r["test_accuracy"] is None else 100 * r["test_accuracy"]),
-                     _bytes(r["uplink_bytes_per_client_round"]),
-                     MISSING if r["compression"] is None else f"{r['compression']:.1f}x",
-                     fmt(r["ssim_naive"]), fmt(r["ssim_adaptive"]), fmt(r["mia_auc_loss"], 3)])
-        last = r["dataset"]
-    return header, body
+def tradeoff_markdown(rows: pd.DataFrame) -> str:
+    return "**Privacy-utility-communication trade-off**\n\n" + markdown(tradeoff_shown(rows))
 
 
-def tradeoff_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    header, body = tradeoff_body(rows)
-    return "**Privacy-utility-communication trade-off**\n\n" + markdown(header, body)
-
-
-def tradeoff_tex(rows: Sequence[Mapping[str, Any]]) -> str:
-    header, body = tradeoff_body(rows)
-    lines = [r"\begin{tabular}{ll" + "r" * (len(header) - 2) + "}", r"\toprule",
-             " & ".join(tex_escape(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex_escape(c) for c in line) + r" \\" for line in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines)
+def tradeoff_tex(rows: pd.DataFrame) -> str:
+    return latex(tradeoff_shown(rows))
 
 
 TRADEOFF_CAPTION = ("Test accuracy of the model trained by FedAvg (mia cells, final round); uplink = bytes one "
@@ -526,24 +579,48 @@ TRADEOFF_CAPTION = ("Test accuracy of the model trained by FedAvg (mia cells, fi
                     "images (gradinv cells); MIA AUC = loss attack on the final model, global threshold.")
 
 
-# ------------------------------------------------------------------ writing a table's files
-def write_outputs(out: Path, name: str, *, rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
-                  md_body: str, tex_body: str, caption: str, notes: Sequence[str], meta: TableMeta,
-                  cells: Sequence[Cell], records: Mapping[str, Mapping[str, Any]],
-                  defaults: Mapping[str, Any], extra_files: Sequence[Path] = ()) -> list[Path]:
-    """Write ``<name>.csv``, ``.md``, ``.tex`` and ``.json``.
+# ------------------------------------------------------------------ the tables and their files
+@dataclass(frozen=True)
+class Table:
+    """One table: its file name, CSV columns, how its rows are computed and shown, and its caption."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: Callable[[Sequence[Cell], Mapping[str, CellRecord]], pd.DataFrame]
+    markdown: Callable[[pd.DataFrame], str]
+    tex: Callable[[pd.DataFrame], str]
+    caption: str
+    notes: Callable[[pd.DataFrame], list[str]] = lambda rows: []
+
+
+TABLE1 = Table("table1", TABLE1_COLUMNS, table1_frame, table1_markdown, table1_tex, TABLE1_CAPTION)
+TABLE2 = Table("table2", TABLE2_COLUMNS, table2_frame, table2_markdown, table2_tex, TABLE2_CAPTION,
+               table2_footnotes)
+TRADEOFF = Table("tradeoff", TRADEOFF_COLUMNS, tradeoff_frame, tradeoff_markdown, tradeoff_tex, TRADEOFF_CAPTION)
+
+
+def write_csv(path: Path, rows: pd.DataFrame, columns: Sequence[str]) -> Path:
+    """Rows as CSV with the given columns (missing values empty; CRLF line ends, as RFC 4180)."""
+    rows.reindex(columns=list(columns)).to_csv(path, index=False, lineterminator="\r\n")
+    return path
+
+
+def write_table(table: Table, rows: pd.DataFrame, *, out: Path, meta: TableMeta, cells: Sequence[Cell],
+                records: Mapping[str, CellRecord], defaults: Mapping[str, Any],
+                extra_files: Sequence[Path] = ()) -> list[Path]:
+    """Write ``<name>.csv``, ``.md``, ``.tex`` and ``.json`` of ``table``'s ``rows`` in ``out``.
 
     The Markdown and LaTeX files end with the footer (seed, configuration, command);
     the CSV has a ``seed`` and a ``cell`` column, and the JSON sidecar every cell's full config.
     """
-    foot = footer(meta, cells, records, defaults)
-    csv_path = write_csv(out / f"{name}.csv", rows, columns)
-    md_path = out / f"{name}.md"
-    md_path.write_text(f"{md_body}\n\n{caption}\n\n" + "".join(f"{n}\n\n" for n in notes)
+    foot, notes = footer(meta, cells, records, defaults), table.notes(rows)
+    csv_path = write_csv(out / f"{table.name}.csv", rows, table.columns)
+    md_path = out / f"{table.name}.md"
+    md_path.write_text(f"{table.markdown(rows)}\n\n{table.caption}\n\n" + "".join(f"{n}\n\n" for n in notes)
                        + "\n".join(f"_{line}_  " for line in foot) + "\n")
-    tex_path = out / f"{name}.tex"
-    tex_path.write_text("% " + caption.replace("\n", " ") + "\n" + "".join(f"% {n}\n" for n in notes)
-                        + "".join(f"% {line}\n" for line in foot) + tex_body + "\n")
+    tex_path = out / f"{table.name}.tex"
+    tex_path.write_text("% " + table.caption.replace("\n", " ") + "\n" + "".join(f"% {n}\n" for n in notes)
+                        + "".join(f"% {line}\n" for line in foot) + table.tex(rows) + "\n")
     files = [csv_path, md_path, tex_path, *extra_files]
-    json_path = sidecar(meta, cells, records, defaults, out / f"{name}.json", files)
+    json_path = sidecar(meta, cells, records, defaults, out / f"{table.name}.json", files)
     return [*files, json_path]

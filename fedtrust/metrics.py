@@ -138,10 +138,3 @@ def score_batch(reconstructions: Sequence[ArrayLike] | ArrayLike,
     return [{"index": i, "matched": j, **score_image(reconstructions[i], truths[j])}
             for i, j in enumerate(matched)]
 
-
-def mean_scores(scores: Sequence[dict[str, float | int]]) -> dict[str, float]:
-    """Mean SSIM, PSNR and MSE over scored images (``nan`` for an empty list)."""
-    keys = ("ssim", "psnr", "mse")
-    if not scores:
-        return {k: math.nan for k in keys}
-    return {k: float(np.mean([float(s[k]) for s in scores])) for k in keys}

@@ -69,7 +69,3 @@ def get_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
         return ConvNet(num_classes=num_classes, in_channels=in_channels)
     raise ValueError(f"model={name!r} is not known; allowed: {', '.join(MODEL_NAMES)}")
 
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,12 +1,20 @@
-"""The run folder: resolved config, per-round rows and intercepted updates.
+"""The run folder: resolved config, result rows as typed records, intercepted updates.
 
 Layout of ``<output-dir>/<run-name>/``::
 
     config.json          resolved run config, package versions, seed, start time
-    rounds.csv           one row per finished round (written as each round ends)
+    rounds.csv           one RoundRow per finished round (written as each round ends)
+    gradinv.csv          one GradInvRow per reconstructed image and attacker
+    gradinv/             the originals and reconstructions as PNGs, named by gradinv_png()
+    mia.csv              one MIARow per membership attack and threshold scope
     intercepted/         round{R}_client{P}.pt, see fedtrust.interception
     checkpoint.pt        the state after the last finished round (written by the strategy)
     finished.json        written last: the run is complete (a resume of it does nothing)
+
+The rows are frozen dataclasses: a CSV's columns are the fields of its row class, in
+order (:func:`csv_columns`), the writers append rows of that class (:func:`append_rows`)
+and the readers get them back typed (:func:`read_rows`), so writer and reader share one
+schema.
 
 Every CSV of a run folder has a ``round`` column; rows of the final model (the black-box
 membership inference) have an empty ``client``. That is what lets a resume drop exactly
@@ -23,13 +31,205 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
 
-ROUND_COLUMNS = ("round", "test_accuracy", "test_loss", "train_loss", "clients", "rejected", "failed",
-                 "uplink_bytes", "dense_bytes", "buffer_bytes", "seconds", "clipped")
+if TYPE_CHECKING:
+    from fedtrust.compression.spec import CompressorSpec
+
+#: File names of a run folder's result tables.
+GRADINV_CSV = "gradinv.csv"
+MIA_CSV = "mia.csv"
+
+
+# ------------------------------------------------------------------ result rows
+@dataclass(frozen=True)
+class RoundRow:
+    """One row of ``rounds.csv``: a finished round's accuracy, loss and traffic."""
+
+    round: int
+    test_accuracy: float
+    test_loss: float
+    train_loss: float
+    clients: int
+    rejected: int
+    failed: int
+    uplink_bytes: int
+    dense_bytes: int
+    buffer_bytes: int
+    seconds: float
+    clipped: int
+
+
+@dataclass(frozen=True)
+class GradInvRow:
+    """One row of ``gradinv.csv``: one reconstructed image of one attacker.
+
+    ``image`` is the index, in the client's batch, of the true image the reconstruction
+    was matched to; ``level`` is 0 for a compressor without levels.
+    """
+
+    round: int
+    client: int
+    image: int
+    label: int
+    label_inferred: bool
+    attacker: str
+    compressor: str
+    level: int
+    ssim: float
+    psnr: float
+    mse: float
+    iterations: int
+    seconds: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class MIAMetrics:
+    """The metrics of one membership attack with one threshold scope (the first columns of ``mia.csv``).
+
+    Attributes
+    ----------
+    attack:
+        Attack name (``"loss"``, ``"update_cosine"`` ...).
+    scope:
+        ``"global"``, ``"per_class"`` (black-box) or ``"update"``.
+    accuracy:
+        Balanced accuracy of the calibrated thresholds (the paper's number).
+    auc:
+        ROC AUC of the scores.
+    tpr_at_1pct_fpr, tpr_at_0_1pct_fpr:
+        TPR at FPR <= 1% and <= 0.1%.
+    members, nonmembers:
+        Evaluation candidates of each kind.
+    """
+
+    attack: str
+    scope: str
+    accuracy: float
+    auc: float
+    tpr_at_1pct_fpr: float
+    tpr_at_0_1pct_fpr: float
+    members: int
+    nonmembers: int
+
+
+@dataclass(frozen=True)
+class MIARow(MIAMetrics):
+    """One row of ``mia.csv``: an attack's metrics, the run's compressor, where and with which seed.
+
+    ``client`` is the attacked partition of an update attack and ``None`` (an empty cell)
+    for the black-box attacks on the final model; ``level`` is 0 for a compressor without
+    levels.
+    """
+
+    compressor: str
+    level: int
+    round: int
+    client: int | None
+    seed: int
+
+    @classmethod
+    def of(cls, metrics: MIAMetrics, *, compressor: str, level: int, round: int, client: int | None,
+           seed: int) -> MIARow:
+        """The row of ``metrics`` (an :class:`MIAMetrics` or a subclass) with its context."""
+        shared = {f.name: getattr(metrics, f.name) for f in fields(MIAMetrics)}
+        return cls(**shared, compressor=compressor, level=level, round=round, client=client, seed=seed)
+
+
+Row = TypeVar("Row")
+
+
+def csv_columns(row_type: type) -> tuple[str, ...]:
+    """The CSV columns of a row dataclass: its field names, in order."""
+    return tuple(f.name for f in fields(row_type))
+
+
+def append_rows(path: str | Path, rows: Sequence[Any]) -> None:
+    """Append rows of one dataclass to a CSV (the header on first write), flushed at once."""
+    if rows:
+        _write_dicts(Path(path), csv_columns(type(rows[0])), [asdict(r) for r in rows], append=True)
+
+
+def read_rows(path: str | Path, row_type: type[Row]) -> list[Row]:
+    """The rows of a CSV as ``row_type``, a dataclass whose fields name the columns to read.
+
+    Other columns are ignored. Cells are parsed by the field's type (``int``, ``float``,
+    ``str``, ``bool`` written as ``True``/``False``; an empty cell is ``None`` for an
+    optional field).
+
+    Raises
+    ------
+    ValueError
+        A column of ``row_type`` is missing, or a cell does not parse as its field's type.
+    """
+    hints = get_type_hints(row_type)
+    names = csv_columns(row_type)
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [n for n in names if n not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} of {row_type.__name__}")
+        return [row_type(**{n: _parse(row[n], hints[n], n) for n in names}) for row in reader]
+
+
+def _parse(text: str | None, kind: Any, name: str) -> Any:
+    """A CSV cell as a value of type ``kind``."""
+    if isinstance(kind, types.UnionType) and type(None) in get_args(kind):
+        if text in (None, ""):
+            return None
+        (kind,) = [k for k in get_args(kind) if k is not type(None)]
+    if kind is bool:
+        if text not in ("True", "False"):
+            raise ValueError(f"column {name}: {text!r} is not True or False")
+        return text == "True"
+    if kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            raise ValueError(f"column {name}: {text!r} is not a {kind.__name__}") from None
+    return "" if text is None else str(text)
+
+
+def _write_dicts(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *, append: bool) -> None:
+    """Write ``rows`` under ``columns``: appended (a header only into a new file), or replacing
+    ``path`` atomically (through a ``.tmp`` file). Keys outside ``columns`` are left out."""
+    target = path if append else path.with_suffix(path.suffix + ".tmp")
+    new = not append or not path.exists()
+    with target.open("a" if append else "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+    if not append:
+        target.replace(path)
+
+
+def compressor_cells(spec: CompressorSpec) -> dict[str, Any]:
+    """The ``compressor`` and ``level`` cells of a result row: the spec's name and level, the
+    level 0 for a compressor without levels (its codec says which)."""
+    from fedtrust.compression.registry import codec_class
+
+    return {"compressor": spec.name, "level": spec.level if codec_class(spec.name).levelled else 0}
+
+
+def gradinv_png(folder: str | Path, server_round: int, client: int, what: str, image: int) -> Path:
+    """The PNG of image ``image`` of client ``client``'s batch in round ``server_round``.
+
+    ``what`` is ``"original"`` (the true image) or an attacker (``"naive"``,
+    ``"adaptive"``: its reconstruction matched to that image):
+    ``<folder>/gradinv/round{R}_client{P}_{what}_{i}.png``.
+    """
+    return Path(folder) / "gradinv" / f"round{server_round}_client{client}_{what}_{image}.png"
+
+
+#: Columns of ``rounds.csv``.
+ROUND_COLUMNS = csv_columns(RoundRow)
 
 #: Command-line options whose value is a credential (``--token X``, ``--token=X``).
 _SECRET_WORDS = ("token", "secret", "password", "passwd", "credential", "api-key", "apikey", "private-key",
@@ -64,8 +264,9 @@ def redact_argv(argv: list[str]) -> list[str]:
             out.append(arg)
     return out
 
-_PACKAGES = ("fedtrust", "flwr", "flwr-datasets", "torch", "torchvision", "numpy", "scikit-image",
-             "pandas", "matplotlib")
+
+_PACKAGES = ("fedtrust", "flwr", "flwr-datasets", "datasets", "torch", "torchvision", "numpy", "scipy",
+             "scikit-image", "pillow", "pandas", "matplotlib")
 
 
 def package_versions() -> dict[str, str]:
@@ -192,30 +393,20 @@ class RunFolder:
         if not self.rounds_csv.exists():
             return
         rows = [r for r in read_rounds(self.rounds_csv) if int(r["round"]) <= last_round]
-        tmp = self.rounds_csv.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=ROUND_COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in ROUND_COLUMNS} for r in rows)
-        tmp.replace(self.rounds_csv)
+        _write_dicts(self.rounds_csv, ROUND_COLUMNS, rows, append=False)
 
-    def append_round(self, row: dict[str, Any]) -> None:
+    def append_round(self, row: RoundRow) -> None:
         """Append one round's row to ``rounds.csv`` (header on first write), flushed at once."""
-        new = not self.rounds_csv.exists()
-        with self.rounds_csv.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=ROUND_COLUMNS, extrasaction="raise")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in ROUND_COLUMNS})
+        append_rows(self.rounds_csv, [row])
 
 
 def _drop_rows_after(path: Path, last_round: int) -> int:
     """Rewrite a CSV without rows of rounds after ``last_round`` or of the final model; rows dropped."""
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        fields = list(reader.fieldnames or [])
+        columns = list(reader.fieldnames or [])
         rows = list(reader)
-    if "round" not in fields:
+    if "round" not in columns:
         return 0
 
     def keep(row: dict[str, str]) -> bool:
@@ -223,17 +414,12 @@ def _drop_rows_after(path: Path, last_round: int) -> int:
             in_time = int(row["round"]) <= last_round
         except (TypeError, ValueError):
             return False  # a row cut short by a kill
-        return in_time and not ("client" in fields and row.get("client", "") == "")
+        return in_time and not ("client" in columns and row.get("client", "") == "")
 
     kept = [r for r in rows if keep(r)]
     if len(kept) == len(rows):
         return 0
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept)
-    tmp.replace(path)
+    _write_dicts(path, columns, kept, append=False)
     return len(rows) - len(kept)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from flwr.supercore import log
 
 from fedtrust.compression import Layout, get_codec
 from fedtrust.config import RunConfig
-from fedtrust.records import RunFolder
+from fedtrust.records import RoundRow, RunFolder
 from fedtrust.robust import NormBound
 from fedtrust.training import server_step
 from strategies.aggregation import aggregate, bound_norms
@@ -48,25 +48,7 @@ from strategies.replies import ClientReply, RejectedReply, ReplyChecker
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
-__all__ = ["CheckpointError", "CompressedFedAvg", "RejectedReply", "RoundRow", "load_checkpoint"]
-
-
-@dataclass(frozen=True)
-class RoundRow:
-    """One row of ``rounds.csv`` (the columns are these fields, in order)."""
-
-    round: int
-    test_accuracy: float
-    test_loss: float
-    train_loss: float
-    clients: int
-    rejected: int
-    failed: int
-    uplink_bytes: int
-    dense_bytes: int
-    buffer_bytes: int
-    seconds: float
-    clipped: int
+__all__ = ["CheckpointError", "CompressedFedAvg", "RejectedReply", "load_checkpoint"]
 
 
 class CompressedFedAvg(Strategy):
@@ -269,7 +251,7 @@ class CompressedFedAvg(Strategy):
             dense_bytes=int(sum(r.metrics["dense-bytes"] for r in used)),
             buffer_bytes=int(sum(r.metrics["buffer-bytes"] for r in used)),
             seconds=round(time.perf_counter() - t0, 3), clipped=clipped)
-        self.run_folder.append_round(asdict(row))
+        self.run_folder.append_round(row)
         log(INFO, "round %d/%d: test_accuracy=%.4f test_loss=%.4f clients=%d rejected=%d failed=%d clipped=%d "
             "uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, row.test_accuracy, row.test_loss,
             row.clients, row.rejected, row.failed, row.clipped, row.uplink_bytes, row.dense_bytes, row.seconds)

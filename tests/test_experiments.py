@@ -19,10 +19,12 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from experiments import table1, tradeoff
@@ -35,13 +37,14 @@ from experiments.profiles import (
     Algorithm,
 )
 from experiments.runconfig import Override, app_defaults, canonical, config_hash
-from experiments.store import CellStore, FolderLock, read_jsonl
+from experiments.store import CellRecord, CellStore, FolderLock, read_jsonl
+from experiments.summaries import AttackScore, ImageScore, RoundsSummary, RunSummary
 from experiments.sweep import CellOutcome, Worker, make_workers, run_sweep, visible_gpus
 from experiments.tables import (
+    table1_frame,
     table1_markdown,
-    table1_rows,
-    table2_rows,
-    tradeoff_rows,
+    table2_frame,
+    tradeoff_frame,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,24 +55,23 @@ def smoke_cells(kinds=("gradinv", "mia", "update"), algos=None, overrides=()):
     return build_cells(SMOKE, kinds, ("sample",), algos or SMOKE.algorithms, [Override.parse(o) for o in overrides])
 
 
-def fake_record(cell, run_dir: Path, *, ssim=None, mia=None, accuracy=0.5, uplink=1000.0, dense=4000.0):
-    """A store record of the shape :func:`experiments.summaries.summarize_run` gives."""
-    summary = {"rounds": {"rounds": 1, "test_accuracy": accuracy, "test_loss": 1.0,
-                          "uplink_bytes_per_client_round": uplink, "dense_bytes_per_client_round": dense}}
-    if ssim is not None:
-        summary["gradinv"] = {"images": [
-            {"attacker": attacker, "round": 1, "client": i, "image": 0, "label": 0, "label_inferred": False,
-             "ssim": value, "psnr": 10.0, "mse": 0.1, "iterations": 1, "seconds": 0.1}
-            for attacker, values in ssim.items() for i, value in enumerate(values)]}
-    if mia is not None:
-        summary["mia"] = {"results": mia}
-    return {"key": cell.key, "name": cell.name, "kind": cell.kind, "status": "ok", "run_dir": str(run_dir),
-            "seed": cell.seed, "summary": summary, "script": "test"}
+def fake_record(cell, run_dir: str = "", *, ssim=None, mia=None, accuracy=0.5, uplink=1000.0, dense=4000.0):
+    """A store record of the shape :func:`experiments.sweep.execute_cell` makes (``run_dir``: relative)."""
+    images = tuple(ImageScore(attacker=attacker, round=1, client=i, image=0, label=0, label_inferred=False,
+                              ssim=value, psnr=10.0, mse=0.1, iterations=1, seconds=0.1)
+                   for attacker, values in (ssim or {}).items() for i, value in enumerate(values))
+    summary = RunSummary(rounds=RoundsSummary(rounds=1, test_accuracy=accuracy, test_loss=1.0,
+                                              uplink_bytes_per_client_round=uplink,
+                                              dense_bytes_per_client_round=dense),
+                         images=images, attacks=tuple(mia or ()))
+    return CellRecord(key=cell.key, name=cell.name, kind=cell.kind, status="ok", dataset=cell.dataset,
+                      algorithm=cell.algorithm.family, level=cell.algorithm.level, run_dir=str(run_dir),
+                      seed=cell.seed, run_config=dict(cell.run_config), summary=summary, script="test")
 
 
 def mia_result(attack, scope, accuracy, auc, round_=5, members=250, nonmembers=250):
-    return {"attack": attack, "scope": scope, "round": round_, "accuracy": accuracy, "auc": auc,
-            "tpr_at_1pct_fpr": 0.02, "tpr_at_0_1pct_fpr": 0.0, "members": members, "nonmembers": nonmembers}
+    return AttackScore(attack=attack, scope=scope, round=round_, accuracy=accuracy, auc=auc, tpr_at_1pct_fpr=0.02,
+                       tpr_at_0_1pct_fpr=0.0, members=members, nonmembers=nonmembers)
 
 
 # ----------------------------------------------------------------------------- run configs and cells
@@ -129,8 +131,23 @@ def test_algorithms_come_in_the_papers_order():
                                                  "topk4", "powersgd30", "topk30", "powersgd50", "topk50"]
     assert [a.key for a in parse_algorithms("topk4,sgd,powersgd1", ())] == ["sgd", "powersgd1", "topk4"]
     assert Algorithm("topk", 30).label == "Top-K SGD (Level 30)*"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expected sgd, powersgdN or topkN"):
         Algorithm.parse("powersgd")
+    with pytest.raises(ValueError, match="needs level"):
+        Algorithm("sgd", 2)
+
+
+def test_algorithms_are_described_by_their_codecs():
+    """Keys, row labels, figure tags and styles of the paper's tables come from the codec registry."""
+    got = [(a.key, a.label, a.tag, a.codec.style, a.codec.display, a.baseline) for a in SMOKE.algorithms]
+    assert got == [("sgd", "Original SGD", "SGD", ("black", "o"), "SGD", True),
+                   ("powersgd1", "PowerSGD (Rank 1)", "r1", ("tab:blue", "s"), "PowerSGD", False),
+                   ("topk1", "Top-K SGD (Level 1)*", "L1", ("tab:orange", "^"), "Top-K", False),
+                   ("powersgd4", "PowerSGD (Rank 4)", "r4", ("tab:blue", "s"), "PowerSGD", False),
+                   ("topk4", "Top-K SGD (Level 4)*", "L4", ("tab:orange", "^"), "Top-K", False)]
+    assert [Algorithm.parse(a.key) for a in PAPER.algorithms] == list(PAPER.algorithms)
+    assert Algorithm("sgd").run_config() == {"compressor": "none", "level": 1}
+    assert Algorithm("powersgd", 4).run_config() == {"compressor": "powersgd", "level": 4}
 
 
 @pytest.mark.parametrize("profile", list(PROFILES.values()), ids=list(PROFILES))
@@ -166,31 +183,32 @@ def test_folder_dataset_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the store
 def test_store_appends_durably_and_skips_a_torn_last_line(tmp_path):
     store = CellStore(tmp_path)
-    store.add({"key": "a", "status": "ok", "v": 1})
-    store.add({"key": "b", "status": "ok", "v": 2})
-    store.add({"key": "a", "status": "ok", "v": 3})
+    store.add(CellRecord(key="a", seconds=1.0))
+    store.add(CellRecord(key="b", seconds=2.0))
+    store.add(CellRecord(key="a", seconds=3.0))
     with (tmp_path / "cells.jsonl").open("a") as fh:
         fh.write('{"key": "c", "status": "o')  # a write cut short by a kill
     with pytest.warns(UserWarning, match="cut short"):
         again = CellStore(tmp_path)
-    assert len(again) == 2 and "c" not in again and again.get("a")["v"] == 3
-    store.add_failure({"key": "d", "status": "failed"})
+    assert len(again) == 2 and "c" not in again and again.get("a").seconds == 3.0
+    store.add_failure(CellRecord(key="d", status="failed"))
     with pytest.warns(UserWarning, match="cut short"):
         assert "d" not in CellStore(tmp_path)
     assert [r["key"] for r in read_jsonl(tmp_path / "failed.jsonl")] == ["d"]
+    assert [r.status for r in store.failures()] == ["failed"]
 
 
 def test_a_record_after_a_torn_line_is_kept(tmp_path):
     store = CellStore(tmp_path)
-    store.add({"key": "a", "status": "ok"})
+    store.add(CellRecord(key="a"))
     with (tmp_path / "cells.jsonl").open("a") as fh:
         fh.write('{"key": "b", "sta')  # kill -9 or a full disk in the middle of a record
-    store.add({"key": "c", "status": "ok"})  # a finished cell after the torn one
+    store.add(CellRecord(key="c"))  # a finished cell after the torn one
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         again = CellStore(tmp_path)
-    assert sorted(r["key"] for r in again) == ["a", "c"]  # the torn line did not take "c" with it
-    assert (tmp_path / "cells.jsonl").read_text().splitlines()[2] == '{"key": "c", "status": "ok"}'
+    assert sorted(r.key for r in again) == ["a", "c"]  # the torn line did not take "c" with it
+    assert json.loads((tmp_path / "cells.jsonl").read_text().splitlines()[2])["key"] == "c"
     assert [str(w.message).split(" (")[0] for w in caught] == [f"{tmp_path / 'cells.jsonl'}:2: skipped a record cut short"]
 
 
@@ -201,6 +219,68 @@ def test_folder_lock_is_exclusive(tmp_path):
             second.__enter__()
     with FolderLock(tmp_path):  # released
         pass
+
+
+def test_a_record_reads_back_as_written(tmp_path):
+    cell = smoke_cells(("gradinv",))[0]
+    record = fake_record(cell, f"runs/{cell.name}", ssim={"naive": [0.25, 0.5]}, mia=[mia_result("loss", "global", 0.5, 0.6)])
+    store = CellStore(tmp_path)
+    store.add(record)
+    again = CellStore(tmp_path).get(cell.key)
+    assert again == record and again.ok and again.summary.images[1].ssim == 0.5
+    assert again.run_path(tmp_path) == tmp_path / "runs" / cell.name
+    blob = read_jsonl(tmp_path / "cells.jsonl")[0]  # the JSON layout of earlier stores
+    assert blob["summary"]["gradinv"]["images"][0]["attacker"] == "naive"
+    assert blob["summary"]["mia"]["results"][0]["attack"] == "loss" and blob["run_dir"] == f"runs/{cell.name}"
+
+
+def test_an_older_store_with_absolute_paths_is_read_relative(tmp_path):
+    """Stores written before results travelled named run folders by absolute path."""
+    out = tmp_path / "sweep"
+    cell = smoke_cells(("gradinv",))[0]
+    blob = fake_record(cell, ssim={"naive": [0.3]}).to_json()
+    inside = {**blob, "run_dir": str(out / "runs" / cell.name), "log": str(out / "runs" / cell.name / "flwr.log"),
+              "run_config": {**blob["run_config"], "output-dir": str(out / "runs")}}
+    elsewhere = {**blob, "key": "x", "run_dir": "/somewhere/else/runs/x"}
+    moved = {**blob, "key": "y", "run_dir": "/machine/that/made/it/runs/y"}
+    (out / "runs" / "y").mkdir(parents=True)
+    (out / "cells.jsonl").write_text("".join(json.dumps(b) + "\n" for b in (inside, elsewhere, moved)))
+    store = CellStore(out)
+    rec = store.get(cell.key)
+    assert (rec.run_dir, rec.log, rec.run_config["output-dir"]) == (f"runs/{cell.name}", f"runs/{cell.name}/flwr.log",
+                                                                    "runs")
+    assert store.get("x").run_dir == "/somewhere/else/runs/x"  # outside the sweep folder: kept
+    assert store.get("y").run_dir == "runs/y"  # a moved sweep folder: found by its run folder's name
+    assert rec.summary.images[0].ssim == 0.3
+
+
+def _run_folder(folder: Path, run_config: dict, *, images: int = 2) -> None:
+    """What the app leaves in a finished gradinv run folder (config.json, rounds.csv, gradinv.csv)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"run_id": 7, "config": run_config, "num_parameters": 10}))
+    (folder / "rounds.csv").write_text("round,test_accuracy,test_loss,train_loss,clients,rejected,failed,uplink_bytes,"
+                                       "dense_bytes,buffer_bytes,seconds,clipped\n"
+                                       "1,0.5,2.0,,3,0,0,3000,12000,,1.5,0\n")
+    rows = "".join(f"1,{i},0,3,False,naive,none,0,0.1234{i}6,12.5,0.01,5,0.25,42\n" for i in range(images))
+    (folder / "gradinv.csv").write_text("round,client,image,label,label_inferred,attacker,compressor,level,ssim,psnr,"
+                                        "mse,iterations,seconds,seed\n" + rows)
+
+
+def test_a_run_folder_is_summarised_into_typed_rows(tmp_path):
+    from experiments.summaries import IncompleteRun, summarize_run
+
+    _run_folder(tmp_path / "run", {})
+    summary = summarize_run(tmp_path / "run", "gradinv")
+    assert summary.rounds.uplink_bytes_per_client_round == 1000.0 and summary.rounds.train_loss is None
+    assert summary.images[1] == ImageScore(attacker="naive", round=1, client=1, image=0, label=3, label_inferred=False,
+                                           ssim=0.123416, psnr=12.5, mse=0.01, iterations=5, seconds=0.25)
+    assert summary.app.run_id == 7 and RunSummary.from_json(summary.to_json()) == summary
+    (tmp_path / "run" / "gradinv.csv").write_text("round,client,image,label,label_inferred,attacker,compressor,level,"
+                                                  "ssim,psnr,mse,iterations,seconds,seed\n")
+    with pytest.raises(IncompleteRun, match="no rows"):
+        summarize_run(tmp_path / "run", "gradinv")
+    with pytest.raises(IncompleteRun, match="lacks mia.csv"):
+        summarize_run(tmp_path / "run", "mia")
 
 
 # ----------------------------------------------------------------------------- workers and the queue
@@ -231,12 +311,61 @@ def _fake_execute(barrier: threading.Barrier | None, seen: list, fail: set = fro
         with lock:
             seen.append((cell.key, worker.label, link.env.get("CUDA_VISIBLE_DEVICES")))
         if cell.key in fail:
-            return CellOutcome(cell, "failed", {"key": cell.key, "status": "failed"}, error="boom",
+            return CellOutcome(cell, "failed", CellRecord(key=cell.key, status="failed"), error="boom",
                                worker=worker.label)
-        return CellOutcome(cell, "computed", {"key": cell.key, "name": cell.name, "status": "ok"},
-                           worker=worker.label)
+        return CellOutcome(cell, "computed", CellRecord(key=cell.key, name=cell.name), worker=worker.label)
 
     return execute
+
+
+class RunLink(FakeLink):
+    """A SuperLink double whose ``flwr run`` leaves a finished (or no) run folder."""
+
+    finish = True
+
+    def run_app(self, run_config=None, num_supernodes=2, federation_config=None, timeout=900):
+        from types import SimpleNamespace
+
+        if self.finish:
+            _run_folder(Path(run_config["output-dir"]) / run_config["run-name"],
+                        {k: v for k, v in run_config.items() if k not in ("output-dir", "run-name")})
+        return SimpleNamespace(ok=self.finish, status="completed" if self.finish else "failed", details="",
+                               run_id=7, log="the log")
+
+
+def test_a_cell_record_names_its_run_folder_relative_to_the_sweep_folder(tmp_path):
+    from experiments.sweep import execute_cell
+
+    cell = smoke_cells(("gradinv",))[0]
+    out = tmp_path / "out"
+    link = RunLink(Worker(0, None), tmp_path)
+    done = execute_cell(link, cell, out, Worker(0, None), timeout=5, gpu_client_share=0.1, script="t", commit=None)
+    rec = done.record
+    assert done.status == "computed" and rec.ok and rec.run_dir == f"runs/{cell.name}"
+    assert rec.log == f"runs/{cell.name}/flwr.log" and (out / rec.log).read_text() == "the log"
+    assert rec.run_config["output-dir"] == "runs" and rec.summary.rounds.test_accuracy == 0.5
+    assert (rec.algorithm, rec.level, rec.seed) == (cell.algorithm.family, cell.algorithm.level, cell.seed)
+    again = execute_cell(link, cell, out, Worker(0, None), timeout=5, gpu_client_share=0.1, script="t", commit=None,
+                         previous=rec)  # --force: into another folder; the old one goes once this is stored
+    assert again.record.run_dir == f"runs/{cell.name}-rerun" and again.replaces == str((out / rec.run_dir).resolve())
+    link.finish = False
+    failed = execute_cell(link, cell, out, Worker(0, None), timeout=5, gpu_client_share=0.1, script="t", commit=None,
+                          previous=again.record)
+    assert failed.status == "failed" and failed.record.status == "failed" and not failed.link_broken
+    assert failed.record.log == f"failed/{cell.name}.log"
+
+
+def test_sweep_functions_do_one_job_each():
+    """No function of the sweep runs past about 60 lines of code."""
+    import ast
+
+    path = REPO / "experiments" / "sweep.py"
+    lines = path.read_text().splitlines()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef):
+            body = node.body[1:] if isinstance(node.body[0], ast.Expr) and len(node.body) > 1 else node.body
+            code = [ln for ln in lines[body[0].lineno - 1:node.end_lineno] if ln.strip() and not ln.strip().startswith("#")]
+            assert len(code) <= 60, f"{node.name}: {len(code)} lines"
 
 
 def test_workers_one_per_gpu_or_one_cpu_worker(monkeypatch):
@@ -288,14 +417,19 @@ def test_sweep_reuses_the_store_retries_failures_and_forces(tmp_path):
 
 
 # ----------------------------------------------------------------------------- tables from hand-made records
-def test_table1_mean_std_and_percent_of_sgd(tmp_path):
+def by(rows, *columns):
+    """Rows of a table frame as dicts, keyed by ``columns``."""
+    return {tuple(r[c] for c in columns) if len(columns) > 1 else r[columns[0]]: r for r in rows.to_dict("records")}
+
+
+def test_table1_mean_std_and_percent_of_sgd():
     cells = smoke_cells(("gradinv",), algos=parse_algorithms("sgd,powersgd1,topk1", ()))
     values = {"sgd": ([0.8, 0.6, 0.4], [0.8, 0.6, 0.4]), "powersgd1": ([0.1, 0.3, 0.2], [0.5, 0.7, 0.6]),
               "topk1": ([0.05, 0.05, 0.2], [0.3, 0.3, 0.3])}
-    records = {c.key: fake_record(c, tmp_path, ssim={"naive": values[c.algorithm.key][0],
-                                                     "adaptive": values[c.algorithm.key][1]}) for c in cells}
-    rows = table1_rows(cells, records)
-    get = {(r["attacker"], r["algorithm"]): r for r in rows}
+    records = {c.key: fake_record(c, ssim={"naive": values[c.algorithm.key][0],
+                                           "adaptive": values[c.algorithm.key][1]}) for c in cells}
+    rows = table1_frame(cells, records)
+    get = by(rows, "attacker", "algorithm")
     assert get["naive", "sgd"]["ssim_mean"] == pytest.approx(0.6)
     assert get["naive", "sgd"]["ssim_std"] == pytest.approx(np.std([0.8, 0.6, 0.4]))  # population std
     assert get["naive", "sgd"]["pct_of_sgd"] == pytest.approx(100.0)
@@ -307,17 +441,33 @@ def test_table1_mean_std_and_percent_of_sgd(tmp_path):
     assert naive.index("Original SGD") < naive.index("PowerSGD (Rank 1)") < naive.index("Top-K SGD (Level 1)*")
     assert "| PowerSGD (Rank 1) | 0.2000 | 0.0816 | 33.33% | 3 |" in naive
     # a missing cell shows as n/a, not as a number
-    rows = table1_rows(cells, {k: v for k, v in records.items() if k != cells[2].key})
-    assert next(r for r in rows if r["algorithm"] == "topk1")["ssim_mean"] is None
+    rows = table1_frame(cells, {k: v for k, v in records.items() if k != cells[2].key})
+    missing = by(rows, "attacker", "algorithm")["naive", "topk1"]
+    assert pd.isna(missing["ssim_mean"]) and missing["status"] == "missing"
     assert "| Top-K SGD (Level 1)* | n/a | n/a | n/a | 0 |" in table1_markdown(rows)
 
 
-def test_table2_picks_the_papers_attacks_and_averages_update_attacks(tmp_path):
+def test_table_statistics_are_numpys_to_the_bit():
+    """Means and stds over many images are numpy's (pairwise sums), as the tables always had them."""
+    rng = np.random.default_rng(7)
+    cells = smoke_cells(("gradinv",), algos=parse_algorithms("sgd,topk1", ()))
+    values = {c.key: np.round(rng.random(13), 6).tolist() for c in cells}
+    records = {c.key: fake_record(c, ssim={"naive": values[c.key], "adaptive": values[c.key][:9]}) for c in cells}
+    get = by(table1_frame(cells, records), "attacker", "cell")
+    for c in cells:
+        assert get["naive", c.key]["ssim_mean"] == float(np.mean(values[c.key]))
+        assert get["naive", c.key]["ssim_std"] == float(np.std(values[c.key], ddof=0))
+        assert get["adaptive", c.key]["ssim_mean"] == float(np.mean(values[c.key][:9]))
+    sgd, topk = (get["naive", c.key] for c in cells)
+    assert topk["pct_of_sgd"] == 100.0 * topk["ssim_mean"] / sgd["ssim_mean"]
+
+
+def test_table2_picks_the_papers_attacks_and_averages_update_attacks():
     cells = smoke_cells(("mia", "update"), algos=parse_algorithms("sgd,topk1", ()))
     records = {}
     for c in cells:
         if c.kind == "mia":
-            acc = 0.6 if c.algorithm.family == "sgd" else 0.55
+            acc = 0.6 if c.algorithm.baseline else 0.55
             mia = [mia_result(a, s, acc + i * 0.01, 0.7, round_=r) for i, a in
                    enumerate(("confidence", "loss", "entropy", "modified_entropy"))
                    for s in ("global", "per_class") for r in (5,)]
@@ -325,30 +475,36 @@ def test_table2_picks_the_papers_attacks_and_averages_update_attacks(tmp_path):
         else:
             mia = [mia_result(a, "update", 0.7, auc, round_=1, members=8, nonmembers=100)
                    for a in ("update_cosine", "update_regression") for auc in (0.6, 0.8)]
-        records[c.key] = fake_record(c, tmp_path, mia=mia)
-    rows = table2_rows(cells, records)
-    sgd_loss = next(r for r in rows if r["algorithm"] == "sgd" and r["attack"] == "loss" and r["scope"] == "global")
+        records[c.key] = fake_record(c, mia=mia)
+    rows = table2_frame(cells, records)
+    get = by(rows, "algorithm", "attack", "scope")
+    sgd_loss = get["sgd", "loss", "global"]
     assert sgd_loss["accuracy"] == pytest.approx(0.61) and sgd_loss["round"] == 5
-    reg = next(r for r in rows if r["algorithm"] == "topk1" and r["attack"] == "update_regression")
+    reg = get["topk1", "update_regression", "update"]
     assert reg["auc"] == pytest.approx(0.7) and reg["n"] == 2 and reg["auc_std"] == pytest.approx(0.1)
-    aware = next(r for r in rows if r["algorithm"] == "topk1" and r["attack"] == "update_cosine_aware")
-    assert aware["status"] == "missing"
+    assert get["topk1", "update_cosine_aware", "update"]["status"] == "missing"
+    assert list(rows["source"]) == ["blackbox"] * 8 + ["update"] * 4 + ["blackbox"] * 8 + ["update"] * 4
 
 
-def test_tradeoff_rows_join_gradinv_and_mia_cells(tmp_path):
+def test_tradeoff_rows_join_gradinv_and_mia_cells():
     cells = smoke_cells(("gradinv", "mia"), algos=parse_algorithms("sgd,topk4", ()))
     records = {}
     for c in cells:
         if c.kind == "gradinv":
-            records[c.key] = fake_record(c, tmp_path, ssim={"naive": [0.5], "adaptive": [0.9]}, uplink=5.0)
+            records[c.key] = fake_record(c, ssim={"naive": [0.5], "adaptive": [0.9]}, uplink=5.0)
         else:
-            records[c.key] = fake_record(c, tmp_path, accuracy=0.7, uplink=1000.0 if c.algorithm.level else 4000.0,
+            records[c.key] = fake_record(c, accuracy=0.7, uplink=1000.0 if c.algorithm.level else 4000.0,
                                          mia=[mia_result("loss", "global", 0.52, 0.55)])
-    rows = {r["algorithm"]: r for r in tradeoff_rows(cells, records)}
+    rows = by(tradeoff_frame(cells, records), "algorithm")
     assert rows["topk4"]["uplink_bytes_per_client_round"] == 1000.0  # from the trained (mia) run
     assert rows["topk4"]["compression"] == pytest.approx(4.0) and rows["sgd"]["compression"] == pytest.approx(1.0)
     assert rows["sgd"]["ssim_adaptive"] == 0.9 and rows["sgd"]["mia_auc_loss"] == 0.55
     assert rows["sgd"]["test_accuracy"] == 0.7 and rows["sgd"]["status"] == "ok"
+    # without its mia record, a row takes its traffic from the gradinv run and is missing
+    mia_sgd = next(c for c in cells if c.kind == "mia" and c.algorithm.baseline)
+    rows = by(tradeoff_frame(cells, {k: v for k, v in records.items() if k != mia_sgd.key}), "algorithm")
+    assert rows["sgd"]["uplink_bytes_per_client_round"] == 5.0 and rows["sgd"]["status"] == "missing"
+    assert pd.isna(rows["sgd"]["test_accuracy"]) and pd.isna(rows["sgd"]["mia_auc_loss"])
 
 
 def _png(path: Path, value: int) -> None:
@@ -370,9 +526,9 @@ def test_tradeoff_from_a_full_store_runs_nothing_and_writes_every_file(tmp_path,
                 _png(run_dir / "gradinv" / f"round1_client{i}_original_0.png", 200)
                 for attacker in ("naive", "adaptive"):
                     _png(run_dir / "gradinv" / f"round1_client{i}_{attacker}_0.png", 100)
-            rec = fake_record(c, run_dir, ssim={"naive": [0.3, 0.2, 0.1], "adaptive": [0.5, 0.4, 0.3]})
+            rec = fake_record(c, f"runs/{c.name}", ssim={"naive": [0.3, 0.2, 0.1], "adaptive": [0.5, 0.4, 0.3]})
         else:
-            rec = fake_record(c, run_dir, mia=[mia_result("loss", "global", 0.55, 0.6)])
+            rec = fake_record(c, f"runs/{c.name}", mia=[mia_result("loss", "global", 0.55, 0.6)])
         store.add(rec)
 
     def no_flower(worker, root):
@@ -389,6 +545,15 @@ def test_tradeoff_from_a_full_store_runs_nothing_and_writes_every_file(tmp_path,
     assert "Seed 42" in (out / "tradeoff.md").read_text() and "Seed 42" in (out / "tradeoff.tex").read_text()
     assert table1.main(["--algorithms", algos, "--out", str(out), "--no-progress"], link_factory=no_flower) == 0
     assert (out / "figure1.png").stat().st_size > 5000 and (out / "figure1_adaptive.png").stat().st_size > 5000
+    # the results travel: no file names the folder they were made in (but for the command that made them)
+    for name in ("tradeoff.csv", "table1.csv"):
+        assert str(tmp_path) not in (out / name).read_text(), name
+    for name in ("tradeoff.json", "table1.json", "table1.md", "table1.tex"):
+        assert str(out / "runs") not in (out / name).read_text() and str(out / "table1") not in (out / name).read_text()
+    table = (out / "table1.csv").read_bytes().decode()
+    assert ",runs/gradinv-sample-sgd-" in table and table.count("\r\n") == 7  # header + 2 attackers x 3
+    assert side["files"][:3] == ["tradeoff.csv", "tradeoff.md", "tradeoff.tex"]
+    assert side["cells"][0]["run_dir"] == f"runs/{cells[0].name}"
 
 
 def test_estimate_multiplies_measured_times_by_the_profiles_work(tmp_path):
@@ -402,8 +567,10 @@ def test_estimate_multiplies_measured_times_by_the_profiles_work(tmp_path):
     with pytest.raises(ValueError, match="train-split size"):
         cell_seconds(PAPER, "folder:/x", t)
     store = CellStore(tmp_path)
-    store.add({"key": "a", "status": "ok", "seconds": 80.5})
-    store.add({"key": "b", "status": "ok", "seconds": 41.0})
+    cell = smoke_cells(("mia",))[0]
+    store.add(replace(fake_record(cell), key="a", seconds=80.5))
+    store.add(replace(fake_record(cell), key="b", seconds=41.0))
+    store.add(CellRecord(key="c", status="failed", seconds=3.0))  # not a result
     assert overhead_from(tmp_path) == 41.0 and overhead_from(None) is None
 
 
@@ -496,7 +663,7 @@ def scenario(tmp_path_factory):
     partial = _wait_until_second_cell_starts(proc, out, finished=1)
     first = read_jsonl(out / "cells.jsonl")[0]
     facts["first"] = first
-    facts["first_mtimes"] = {p.name: p.stat().st_mtime_ns for p in Path(first["run_dir"]).iterdir()}
+    facts["first_mtimes"] = {p.name: p.stat().st_mtime_ns for p in (out / first["run_dir"]).iterdir()}
     facts["term_code"], pids = _stop(proc, signal.SIGTERM)
     _assert_nothing_left(proc.pid, pids)
     facts["term_partial"] = (partial.name, json.loads((partial / "config.json").read_text())["run_id"])
@@ -522,7 +689,7 @@ def test_stopped_sweeps_keep_finished_cells_and_leave_no_superlink(scenario):
     # three cells, each recorded exactly once: nothing finished was computed again
     assert len(records) == 3 and len({r["key"] for r in records}) == 3
     assert records[0] == scenario["first"] and records[:2] == scenario["second_records"]
-    first_dir = Path(scenario["first"]["run_dir"])
+    first_dir = scenario["out"] / scenario["first"]["run_dir"]
     assert {p.name: p.stat().st_mtime_ns for p in first_dir.iterdir()} == scenario["first_mtimes"]
 
 
@@ -531,7 +698,8 @@ def test_interrupted_cells_are_redone_from_scratch(scenario):
     by_name = {r["name"]: r for r in scenario["records"]}
     for name, old_run_id in (scenario["term_partial"], scenario["kill_partial"]):
         rec = by_name[name]  # the interrupted cell has a record now ...
-        folder = Path(rec["run_dir"])
+        folder = scenario["out"] / rec["run_dir"]
+        assert rec["run_dir"] == f"runs/{name}" and rec["log"] == f"runs/{name}/flwr.log"
         assert json.loads((folder / "config.json").read_text())["run_id"] == rec["run_id"] != old_run_id
         assert not list(folder.parent.glob(f"{name}-*")), "a partial folder was kept beside the new one"
 
@@ -557,16 +725,16 @@ def test_resumed_table1_writes_every_file_for_a_folder_dataset(scenario):
 def test_a_forced_cell_keeps_its_result_until_the_new_run_succeeds(scenario):
     """--force on a finished cell: a new run that fails (here: past --timeout) loses nothing."""
     out, dataset = scenario["out"], scenario["dataset"]
-    old = next(r for r in CellStore(out) if r["algorithm"] == "sgd")
-    old_dir = Path(old["run_dir"])
+    old = next(r for r in CellStore(out) if r.algorithm == "sgd")
+    old_dir = old.run_path(out)
     files = {p: p.read_bytes() for p in old_dir.rglob("*.png")}
     assert files, "the cell's reconstructions (what Figure 1 reads) should be there"
     args = ["--datasets", dataset, "--out", str(out), *SCENARIO_ARGS, "--algorithms", "sgd", "--force"]
     assert table1.main([*args, "--timeout", "1"]) != 0  # the forced run fails
-    assert CellStore(out).get(old["key"]) == old and old_dir.is_dir()
+    assert CellStore(out).get(old.key) == old and old_dir.is_dir()
     assert {p: p.read_bytes() for p in old_dir.rglob("*.png")} == files
     assert table1.main(args) == 0  # a forced run that succeeds replaces the old result
-    new = CellStore(out).get(old["key"])
-    assert new["run_dir"] != old["run_dir"] and new["status"] == "ok" and Path(new["run_dir"]).is_dir()
+    new = CellStore(out).get(old.key)
+    assert new.run_dir != old.run_dir and new.ok and new.run_path(out).is_dir()
     assert not old_dir.exists()
     assert (out / "figure1.png").stat().st_size > 100

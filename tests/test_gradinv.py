@@ -18,35 +18,31 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch.nn import functional as F
 
-from fedtrust.attacks import (
+from fedtrust.attacks.gradinv import (
     GradInvConfig,
-    attack_intercepted,
+    Problem,
+    attack,
     infer_labels,
-    invert_gradients,
-    invert_targets,
-    make_target,
+    reconstruct_batch,
 )
-from fedtrust.attacks.gradinv.api import model_layout
 from fedtrust.attacks.gradinv.reconstruct import gradient_cost
 from fedtrust.attacks.gradinv.targets import apply_view, build_views, decode_views
-from fedtrust.compression import (
-    Payload,
-    aggregate_p,
-    decode_allreduce,
-    get_compressor,
-    initial_q,
-)
+from fedtrust.compression import Compressor, get_compressor
+from fedtrust.compression.codecs.powersgd import aggregate_p, decode_allreduce, initial_q
+from fedtrust.data.specs import get_spec
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.metrics import match_images, mse, psnr, score_batch, ssim
 from fedtrust.models import ConvNet, resnet18
+from fedtrust.training import model_layout
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR = get_spec("cifar10")  #: the photos are scored and normalised as CIFAR-10 images
+CIFAR_MEAN, CIFAR_STD = CIFAR.mean, CIFAR.std
+CPU = torch.device("cpu")
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera")
 #: CPU budget for the small ConvNet (the paper runs 24,000 iterations at lr 0.1, TV 1e-4).
-CONVNET_BUDGET = {"iterations": 150, "lr": 0.3, "tv_weight": 0.01, "seed": 0}
+CONVNET_BUDGET = GradInvConfig(iterations=150, lr=0.3, tv_weight=0.01, seed=0)
 #: CPU budget for ResNet-18 (about a minute on two cores).
-RESNET_BUDGET = {"iterations": 100, "lr": 0.5, "tv_weight": 0.01, "seed": 0}
+RESNET_BUDGET = GradInvConfig(iterations=100, lr=0.5, tv_weight=0.01, seed=0)
 #: The compressors the adaptive attacker is compared on (level 1, round 1).
 COMPRESSORS = {
     "none": ("none", {}),
@@ -80,11 +76,22 @@ def true_gradient(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
     return {name: g.detach().clone() for (name, _), g in zip(model.named_parameters(), grads)}
 
 
-def attack(model, observed, truth, labels, *, budget=CONVNET_BUDGET, **kwargs):
-    kwargs.setdefault("mean", CIFAR_MEAN)
-    kwargs.setdefault("std", CIFAR_STD)
-    return invert_gradients(model, observed, labels=labels, ground_truth=truth, config=budget,
-                            device="cpu", progress=False, **kwargs)
+def intercept(model: torch.nn.Module, update: dict[str, torch.Tensor], compressor: Compressor | None = None,
+              *, num_images: int = 1, server_round: int = 1) -> InterceptedUpdate:
+    """What the server holds of ``update`` sent through ``compressor`` (default: dense, the ``none`` codec)."""
+    comp = compressor or get_compressor("none", layout=model_layout(model))
+    payload = comp.encode(update)
+    return InterceptedUpdate(round=server_round, node_id=7, partition_id=0, payload=payload.arrays,
+                             decoded=comp.decode(payload), global_state=model.state_dict(),
+                             train_config={"local-mode": "fedsgd", "batch-size": num_images, "lr": 0.1,
+                                           "num-examples": num_images, "model": "test", "dataset": "photos"},
+                             compressor=comp.describe(), public_state=comp.public_state())
+
+
+def invert(model, item, truth, labels, *, budget=CONVNET_BUDGET, attacker="naive", dataset=CIFAR):
+    """The attack with the true labels given, scored against ``truth``."""
+    return attack(item, model, budget, attacker, dataset=dataset, labels=labels, ground_truth=truth,
+                  device=CPU, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +111,7 @@ def astronaut(convnet):
 @pytest.fixture(scope="module")
 def dense_convnet_result(convnet, astronaut):
     x, y, grad = astronaut
-    return attack(convnet, grad, x, y)
+    return invert(convnet, intercept(convnet, grad), x, y)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -130,8 +137,10 @@ def test_metrics_on_photos():
 
 # ----------------------------------------------------------------------------- config
 def test_config_from_dict_and_errors():
-    cfg = GradInvConfig.from_dict({"iterations": "200", "tv-weight": 0.01, "cost": "l2", "batched": "false"})
+    cfg = GradInvConfig.from_dict({"iterations": 200, "tv-weight": 0.01, "cost": "l2", "batched": False})
     assert (cfg.iterations, cfg.tv_weight, cfg.cost, cfg.batched) == (200, 0.01, "l2", False)
+    with pytest.raises(ValueError, match="iterations='200' must be an integer"):
+        GradInvConfig.from_dict({"iterations": "200"})  # text is the run config's to parse
     default = GradInvConfig()
     assert (default.iterations, default.lr, default.tv_weight, default.optimizer) == (24_000, 0.1, 1e-4, "adam")
     assert default.signed and default.boxed and default.lr_decay and default.model_mode == "eval"
@@ -226,7 +235,7 @@ def test_convnet_uncompressed_gradient_is_reconstructed(dense_convnet_result):
     result = dense_convnet_result
     assert result.images.shape == (1, 3, 32, 32)
     assert 0.0 <= float(result.images.min()) and float(result.images.max()) <= 1.0
-    assert result.iterations == CONVNET_BUDGET["iterations"] and result.loss < 0.05
+    assert result.iterations == CONVNET_BUDGET.iterations and result.loss < 0.05
     assert result.scores[0]["ssim"] >= 0.6, result.scores
 
 
@@ -234,16 +243,16 @@ def test_resnet18_uncompressed_gradient_is_reconstructed():
     torch.manual_seed(0)
     model = resnet18().eval()
     x, y = photo("astronaut")[None], torch.tensor([3])
-    result = attack(model, true_gradient(model, x, y), x, y, budget=RESNET_BUDGET)
+    result = invert(model, intercept(model, true_gradient(model, x, y)), x, y, budget=RESNET_BUDGET)
     assert result.scores[0]["ssim"] >= 0.3, result.scores
 
 
 def test_topk_level1_naive_attacker_scores_far_lower(convnet, astronaut, dense_convnet_result):
     x, y, grad = astronaut
     comp = get_compressor("topk", level=1, layout=model_layout(convnet), scope="global")
-    payload = comp.encode(grad)
-    assert payload.num_values < 0.2 * sum(t.numel() for t in grad.values())
-    result = attack(convnet, payload, x, y, compressor=comp, attacker="naive")
+    item = intercept(convnet, grad, comp)
+    assert sum(a.size for a in item.payload.values()) < 0.2 * sum(t.numel() for t in grad.values())
+    result = invert(convnet, item, x, y, attacker="naive")
     dense_ssim = dense_convnet_result.scores[0]["ssim"]
     assert result.scores[0]["ssim"] < 0.5 * dense_ssim, (result.scores, dense_ssim)
 
@@ -255,8 +264,7 @@ def test_adaptive_attacker_scores_at_least_as_high_as_naive(convnet, astronaut, 
     scores = {}
     for attacker in ("naive", "adaptive"):
         comp = get_compressor(name, level=1, layout=model_layout(convnet), **opts)
-        payload = comp.encode(grad)
-        scores[attacker] = attack(convnet, payload, x, y, compressor=comp, attacker=attacker).scores[0]["ssim"]
+        scores[attacker] = invert(convnet, intercept(convnet, grad, comp), x, y, attacker=attacker).scores[0]["ssim"]
     if name == "none":  # nothing is hidden: both attackers see the same dense tensors
         assert scores["adaptive"] == pytest.approx(scores["naive"], abs=1e-6)
     else:
@@ -273,34 +281,39 @@ def test_fashion_mnist_sample_is_reconstructed():
     x = torch.from_numpy(train.images[:1].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
     y = torch.tensor(np.array(train.labels[:1], dtype=np.int64))
     grad = true_gradient(model, x, y, mean, std)
-    result = invert_gradients(model, grad, ground_truth=x, mean=mean, std=std, device="cpu", progress=False,
-                              config={**CONVNET_BUDGET, "label_strategy": "infer"})
+    result = attack(intercept(model, grad), model, CONVNET_BUDGET.replace(label_strategy="infer"), "naive",
+                    dataset=train.spec, ground_truth=x, device=CPU, progress=False)
     assert result.label_inferred and result.labels.tolist() == y.tolist()
     assert result.images.shape == (1, 1, 28, 28)
     assert result.scores[0]["ssim"] >= 0.6, result.scores
 
 
 # ----------------------------------------------------------------------------- batching and plumbing
+def dense_problem(model: torch.nn.Module, gradient: dict[str, torch.Tensor], labels: torch.Tensor) -> Problem:
+    """The naive attacker's problem of a dense gradient (what the benchmarks invert)."""
+    return Problem(views=tuple(build_views("naive", model_layout(model), decoded=gradient)), labels=labels)
+
+
 def test_batched_runs_match_sequential_runs(convnet):
     """vmap over independent problems takes the same steps as running them one by one."""
-    targets = []
+    problems = []
     for i, name in enumerate(PHOTOS[:3]):
         x, y = photo(name)[None], torch.tensor([i])
-        targets.append(make_target(convnet, true_gradient(convnet, x, y), labels=y))
+        problems.append(dense_problem(convnet, true_gradient(convnet, x, y), y))
     results = {}
     for batched in (True, False, "auto"):
-        results[batched] = invert_targets(convnet, targets, config={"iterations": 8, "restarts": 2,
-                                                                    "batched": batched},
-                                          image_shape=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD,
-                                          device="cpu", progress=False)
+        results[batched] = reconstruct_batch(convnet, problems, config=GradInvConfig(iterations=8, restarts=2,
+                                                                                   batched=batched),
+                                             dataset=CIFAR, device=CPU, progress=False)
     assert all(r.batched for r in results[True]) and not any(r.batched for r in results[False])
     for a, b, c in zip(results[True], results[False], results["auto"]):
+        assert a.images.shape == (1, 3, 32, 32) and 0.0 <= float(a.images.min()) <= float(a.images.max()) <= 1.0
         torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
         torch.testing.assert_close(a.images, c.images, atol=1e-4, rtol=0)
         assert a.restart == b.restart and a.loss == pytest.approx(b.loss, abs=1e-5)
 
 
-def test_attack_intercepted_runs_in_a_later_round_with_error_feedback(convnet, tmp_path):
+def test_attack_runs_in_a_later_round_with_error_feedback(convnet, tmp_path):
     """Round 2: the residual of round 1 is inside what was sent; both attackers still run."""
     layout = model_layout(convnet)
     x1, x2 = photo("coffee")[None], photo("chelsea")[None]
@@ -309,39 +322,42 @@ def test_attack_intercepted_runs_in_a_later_round_with_error_feedback(convnet, t
     for name, opts in (("topk", {"scope": "global"}), ("powersgd", {"mode": "local"})):
         comp = get_compressor(name, level=1, layout=layout, error_feedback=True, **opts)
         comp.encode(g1)
-        payload = comp.encode(g2)
+        item = intercept(convnet, g2, comp, server_round=2)
         assert comp.state_dict(), "error feedback keeps a residual"
-        item = InterceptedUpdate(round=2, node_id=7, partition_id=0, payload=payload.arrays,
-                                 decoded=comp.decode(payload), global_state=convnet.state_dict(),
-                                 train_config={"local-mode": "fedsgd", "batch-size": 1, "lr": 0.1,
-                                               "num-examples": 1, "model": "convnet", "dataset": "photos"},
-                                 compressor=comp.describe(), public_state=comp.public_state(),
-                                 batch_indices=np.array([0]))
         loaded = InterceptedUpdate.load(item.save(tmp_path / f"round2_{name}.pt"))
         for attacker in ("naive", "adaptive"):
-            result = attack_intercepted(loaded, lambda: ConvNet(), (CIFAR_MEAN, CIFAR_STD),
-                                        {"iterations": 5, "label_strategy": "infer"}, attacker,
-                                        image_shape=(3, 32, 32), ground_truth=x2, progress=False,
-                                        device="cpu")
+            result = attack(loaded, ConvNet(), GradInvConfig(iterations=5, label_strategy="infer"), attacker,
+                            dataset=CIFAR, ground_truth=x2, progress=False, device=CPU)
             assert result.images.shape == (1, 3, 32, 32) and math.isfinite(result.loss)
             assert result.label_inferred and result.labels.tolist() == [5]
             assert result.attacker == attacker and len(result.scores) == 1
 
 
-def test_invert_gradients_rejects_bad_input(convnet, astronaut):
+def test_attack_loads_the_intercepted_weights_into_a_copy(convnet, astronaut):
+    """The attack runs on the global weights the update was computed on; the given model is untouched."""
     x, y, grad = astronaut
+    other = ConvNet()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    config = GradInvConfig(iterations=20, lr=0.3, tv_weight=0.01)
+    on_copy = invert(other, intercept(convnet, grad), x, y, budget=config)
+    on_model = invert(convnet, intercept(convnet, grad), x, y, budget=config)
+    torch.testing.assert_close(on_copy.images, on_model.images, atol=0, rtol=0)
+    for k, v in other.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=0, rtol=0)
+
+
+def test_attack_rejects_bad_input(convnet, astronaut):
+    _, y, grad = astronaut
+    item = intercept(convnet, grad)
+    one = GradInvConfig(iterations=1)
     with pytest.raises(ValueError, match="labels="):
-        invert_gradients(convnet, grad, ground_truth=x, config={"iterations": 1}, progress=False)
+        attack(item, convnet, one, "naive", dataset=CIFAR, progress=False)
+    with pytest.raises(ValueError, match="labels= are for label_strategy='given'"):
+        attack(item, convnet, one.replace(label_strategy="infer"), "naive", dataset=CIFAR, labels=y, progress=False)
+    with pytest.raises(ValueError, match="2 labels given for a batch of 1 images"):
+        attack(item, convnet, one, "naive", dataset=CIFAR, labels=torch.tensor([1, 2]), progress=False)
     with pytest.raises(ValueError, match="attacker='oracle'"):
-        invert_gradients(convnet, grad, labels=y, ground_truth=x, attacker="oracle", progress=False)
-    with pytest.raises(ValueError, match="needs the payload"):
-        invert_gradients(convnet, grad, labels=y, ground_truth=x, attacker="adaptive", progress=False,
-                         compressor={"compressor": "topk", "level": 1})
-    payload = get_compressor("topk", level=1, layout=model_layout(convnet)).encode(grad)
-    with pytest.raises(ValueError, match="needs its compressor"):
-        invert_gradients(convnet, Payload(payload.arrays), labels=y, ground_truth=x, progress=False)
-    with pytest.raises(ValueError, match="image_shape"):
-        invert_gradients(convnet, grad, labels=y, progress=False)
+        attack(item, convnet, one, "oracle", dataset=CIFAR, labels=y, progress=False)
 
 
 def test_train_mode_batchnorm_matches_the_clients_train_mode_gradient():
@@ -358,20 +374,75 @@ def test_train_mode_batchnorm_matches_the_clients_train_mode_gradient():
     client = copy.deepcopy(model).train()  # the client's gradient (updates its own running stats)
     loss = F.cross_entropy(client(normalise(x, CIFAR_MEAN, CIFAR_STD)), y)
     grad = {n: g for (n, _), g in zip(client.named_parameters(), torch.autograd.grad(loss, list(client.parameters())))}
-    target = make_target(model, grad, labels=y)
-    args = (y[None], tuple(tuple(a[None] for a in v.aux) for v in target.problem.views),
-            tuple(v.observed[None] for v in target.problem.views))
-    transforms = [(v.kind, v.params) for v in target.problem.views]
+    problem = dense_problem(model, grad, y)
+    args = (y[None], tuple(tuple(a[None] for a in v.aux) for v in problem.views),
+            tuple(v.observed[None] for v in problem.views))
+    transforms = [(v.kind, v.params) for v in problem.views]
     costs = {}
     for mode in ("train", "eval"):
-        net, _, _ = attack_model(model, mode, torch.device("cpu"))
+        net, _, _ = attack_model(model, mode, CPU)
         step = make_autograd_step(net, transforms, "cosine", 0.0)
         costs[mode] = float(step(normalise(x, CIFAR_MEAN, CIFAR_STD)[None], *args)[1])
     assert abs(costs["train"]) < 1e-5 and costs["eval"] > 1e-3, costs
-    runs = [invert_targets(model, [target, target], config={"iterations": 3, "model_mode": "train",
-                                                            "batched": batched},
-                           image_shape=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, device="cpu",
-                           progress=True)
+    runs = [reconstruct_batch(model, [problem, problem], config=GradInvConfig(iterations=3, model_mode="train",
+                                                                              batched=batched),
+                              dataset=CIFAR, device=CPU, progress=True)
             for batched in (True, False)]
     for a, b in zip(*runs):
         torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the report's records
+def test_report_writes_typed_rows_and_the_pngs_the_figures_read(convnet, tmp_path):
+    """gradinv.csv has the GradInvRow columns (as before) and reads back as GradInvRow; PNG names come
+    from gradinv_png."""
+    from fedtrust.attacks.gradinv.report import GradInvReport
+    from fedtrust.records import GradInvRow, csv_columns, gradinv_png, read_rows
+
+    images = np.stack([(photo(n).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for n in PHOTOS])
+    labels = np.array([2, 5, 1, 7])
+    report = GradInvReport(folder=tmp_path, model_fn=ConvNet, spec=CIFAR, train_images=images, train_labels=labels,
+                           config=GradInvConfig(iterations=3), device=CPU, progress=False)
+    x = torch.from_numpy(images[[1]]).permute(0, 3, 1, 2).float() / 255
+    item = intercept(convnet, true_gradient(convnet, x, torch.tensor([5])),
+                     get_compressor("topk", level=2, layout=model_layout(convnet)))
+    item.batch_indices = np.array([1])
+    rows = report(item)
+    header = (tmp_path / "gradinv.csv").read_text().splitlines()[0]
+    assert header == ("round,client,image,label,label_inferred,attacker,compressor,level,ssim,psnr,mse,"
+                      "iterations,seconds,seed") == ",".join(csv_columns(GradInvRow))
+    assert read_rows(tmp_path / "gradinv.csv", GradInvRow) == rows
+    assert [(r.attacker, r.compressor, r.level, r.label, r.image) for r in rows] == [
+        ("naive", "topk", 2, 5, 0), ("adaptive", "topk", 2, 5, 0)]
+    for what in ("original", "naive", "adaptive"):
+        assert gradinv_png(tmp_path, 1, 0, what, 0).is_file()
+    assert report.write_grid().stat().st_size > 1000 and report.missing_clients() == set()
+
+
+def test_replay_reads_the_run_config_and_attacks_saved_updates(tmp_path):
+    """Offline replay: the run config's attack settings, overridden by the options, on saved updates."""
+    from fedtrust.attacks.gradinv.replay import main as replay
+    from fedtrust.config import parse_run_config
+    from fedtrust.data import load_dataset
+    from fedtrust.records import GradInvRow, RunFolder, read_rows
+
+    cfg = parse_run_config({"dataset": "sample", "model": "convnet", "compressor": "topk", "level": 1,
+                            "attack": "gradinv", "attack-iterations": 500, "seed": 3})
+    folder = RunFolder.create(tmp_path, "run")
+    folder.write_config(cfg.as_flat_dict())
+    train = load_dataset("sample", "train")
+    torch.manual_seed(0)
+    model = ConvNet(num_classes=train.spec.num_classes, in_channels=1)
+    x = torch.from_numpy(train.images[[4]].astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+    y = torch.as_tensor(train.labels[[4]], dtype=torch.long)
+    codec_compressor = get_compressor("topk", level=1, layout=model_layout(model))
+    item = intercept(model, true_gradient(model, x, y, train.spec.mean, train.spec.std), codec_compressor)
+    item.batch_indices = np.array([4])
+    item.save(folder.intercepted_file(1, 0))
+    out = tmp_path / "replay"
+    assert replay([str(folder.path), "--attacker", "naive", "--iterations", "2", "--out", str(out),
+                   "--no-progress", "--device", "cpu"]) == 0
+    rows = read_rows(out / "gradinv.csv", GradInvRow)
+    assert [(r.attacker, r.compressor, r.level, r.iterations, r.seed, r.label) for r in rows] == [
+        ("naive", "topk", 1, 2, 3, int(y))]
+    assert (out / "gradinv_grid.png").is_file()

@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from fedtrust.attacks.mia import (
     ATTACKS,
-    CSV_COLUMNS,
     UPDATE_ATTACKS,
     CalibrationSet,
     MembershipSplit,
@@ -38,14 +37,17 @@ from fedtrust.attacks.mia import (
     run_blackbox_mia,
     run_update_mia,
     tpr_at_fpr,
-    write_results_csv,
 )
 from fedtrust.compression import get_compressor, layout_of
 from fedtrust.data import load_dataset
 from fedtrust.models import ConvNet
+from fedtrust.records import MIARow, append_rows, read_rows
 from fedtrust.training import batch_gradient
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "page", "text")
+#: The columns of mia.csv, in order (the tables read them by name).
+MIA_COLUMNS = ["attack", "scope", "accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members",
+               "nonmembers", "compressor", "level", "round", "client", "seed"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -263,10 +265,14 @@ def test_blackbox_on_overfit_model(overfit_setup: dict, tmp_path) -> None:
     assert loss.accuracy >= 0.75
     assert by[("modified_entropy", "global")].auc >= 0.8
     assert by[("loss", "per_class")].auc == loss.auc  # thresholds do not change the ROC
-    csv_path = write_results_csv(results, tmp_path / "mia.csv", extra={"dataset": "tiles"})
-    rows = list(csv.DictReader(csv_path.open()))
-    assert len(rows) == 8 and list(rows[0]) == ["dataset", *CSV_COLUMNS]
-    assert float(rows[2]["auc"]) == pytest.approx(loss.auc)
+    rows = [MIARow.of(r, compressor="topk", level=2, round=3, client=None, seed=0) for r in results]
+    append_rows(tmp_path / "mia.csv", rows[:4])
+    append_rows(tmp_path / "mia.csv", rows[4:])
+    with (tmp_path / "mia.csv").open() as fh:
+        text = list(csv.DictReader(fh))
+    assert len(text) == 8 and list(text[0]) == MIA_COLUMNS and text[2]["client"] == ""
+    assert read_rows(tmp_path / "mia.csv", MIARow) == rows
+    assert rows[2].auc == loss.auc and rows[2].client is None
     png = plot_results_roc([r for r in results if r.scope == "global"], tmp_path / "roc.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

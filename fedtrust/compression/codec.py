@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from fedtrust.compression.base import Compressor, Layout, Payload
+from fedtrust.compression.base import MIN_COMPRESSION_RATE, Compressor, Layout, Payload
 from fedtrust.compression.spec import CompressorSpec
 from fedtrust.compression.views import View
 from fedtrust.robust import NormBound, Verdict
@@ -138,6 +138,9 @@ class Codec(ABC):
     has_error_feedback: ClassVar[bool] = True
     options: ClassVar[tuple[CodecOption, ...]] = ()
     style: ClassVar[tuple[str, str]] = ("tab:gray", "x")
+    #: ``label(level)`` and ``tag(level)``: format strings with ``{name}`` and ``{level}``.
+    label_format: ClassVar[str] = "{name} (level {level})"
+    tag_format: ClassVar[str] = "{name}{level}"
     exchanges: ClassVar[int] = 1
 
     def __init__(self, spec: CompressorSpec, layout: Layout) -> None:
@@ -150,12 +153,12 @@ class Codec(ABC):
     @classmethod
     def label(cls, level: int) -> str:
         """The table row of this compressor at ``level``."""
-        return f"{cls.name} (level {level})" if cls.levelled else cls.name
+        return cls.label_format.format(name=cls.name, level=level)
 
     @classmethod
     def tag(cls, level: int) -> str:
         """A short point label for figures."""
-        return f"{cls.name}{level}" if cls.levelled else cls.name
+        return cls.tag_format.format(name=cls.name, level=level)
 
     @classmethod
     def algorithm_key(cls, level: int) -> str:
@@ -208,6 +211,11 @@ class Codec(ABC):
         """What was sent as linear maps of a gradient, each with its observed tensor."""
 
     # -------------------------------------------------------------- helpers
+    @property
+    def rate(self) -> float:
+        """``min_compression_rate``: a tensor is compressed only if rank ``level`` shrinks it more."""
+        return float(self.spec.option("min_compression_rate", MIN_COMPRESSION_RATE))
+
     def dense_nbytes(self) -> int:
         """Bytes of the dense float32 update of this layout."""
         return 4 * sum(int(np.prod(shape)) for _, shape in self.layout)

@@ -4,7 +4,9 @@ The defaults are the paper's scale and Geiping's "Inverting Gradients" CIFAR
 settings for a ResNet: 24,000 iterations of signed Adam at lr 0.1 with a x0.1
 decay at 3/8, 5/8 and 7/8 of the run, a total-variation prior of weight 1e-4,
 pixels kept inside the normalised box, a Gaussian start and the cosine cost.
-Tests and quick runs override fields through :meth:`GradInvConfig.from_dict`.
+A run builds its settings from the run config
+(:meth:`fedtrust.config.RunConfig.gradinv_settings` and :meth:`GradInvConfig.from_dict`);
+tests and quick runs change fields with :meth:`GradInvConfig.replace`.
 """
 
 from __future__ import annotations
@@ -120,7 +122,10 @@ class GradInvConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> GradInvConfig:
-        """Build a config from a dict; keys may use ``-`` or ``_`` (``tv-weight``).
+        """Build a config from a dict of typed values; keys may use ``-`` or ``_`` (``tv-weight``).
+
+        Values are taken as they are: text from TOML or a command line is parsed by the
+        run config (:meth:`fedtrust.config.RunConfig.gradinv_settings`) or the caller.
 
         Raises
         ------
@@ -128,14 +133,14 @@ class GradInvConfig:
             For an unknown key (naming it and the known keys) or a value that is
             not allowed (naming the key and the allowed values).
         """
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in known:
                 raise ValueError(f"unknown gradient-inversion setting {raw_key!r}; "
                                  f"known: {', '.join(sorted(known))}")
-            kwargs[key] = _coerce(key, value, known[key].default)
+            kwargs[key] = value
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,28 +156,3 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(map(repr, allowed))}")
 
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Convert strings from TOML/CLI to the field's type; leave the checks to ``__post_init__``."""
-    if key == "batched":
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        return value
-    if isinstance(default, int) and isinstance(value, (str, float)) and not isinstance(value, bool):
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r} must be an integer") from None
-        if not as_float.is_integer():
-            raise ValueError(f"{key}={value!r} must be an integer")
-        return int(as_float)
-    if isinstance(default, float) and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{key}={value!r} must be a number") from None
-    return value

@@ -19,15 +19,26 @@ batched run takes the same steps as running the problems one after another.
 Run one by one, a problem uses plain autograd (``create_graph=True``), which is
 faster than ``torch.func`` for a single problem on a CPU. ``batched="auto"``
 vectorises on CUDA and elsewhere times one step both ways and keeps the faster.
+
+:func:`reconstruct_batch` is the low-level entry point: prepared problems in,
+reconstructions (pixels in [0, 1]) out; :func:`fedtrust.attacks.gradinv.api.attack`
+builds the problem of an intercepted update and scores the result.
+
+Departures from Geiping's reference code: many problems run at once (taking the same
+steps, see above), and besides the reference's eval mode (the default) the model can be
+differentiated in train mode (``model_mode="train"``: BatchNorm normalises with the
+dummy batch's statistics and updates no running statistics), as a FedSGD client's
+``model.train()`` gradient is computed.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +48,10 @@ from tqdm.auto import tqdm
 
 from fedtrust.attacks.gradinv.config import GradInvConfig
 from fedtrust.attacks.gradinv.targets import View, apply_view
+from fedtrust.training import select_device
+
+if TYPE_CHECKING:
+    from fedtrust.data.specs import DatasetSpec
 
 #: Floor of squared norms in the cosine costs (keeps them finite for all-zero views).
 _TINY = 1e-30
@@ -64,14 +79,15 @@ class Problem:
         return (tuple(v.signature() for v in self.views), tuple(self.labels.shape))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Reconstruction:
     """The best start of one problem.
 
     Attributes
     ----------
     images:
-        ``(N, C, H, W)`` dummy images in the normalised space, on the CPU.
+        ``(N, C, H, W)`` images on the CPU: pixels in [0, 1] as :func:`reconstruct_batch`
+        returns them (the dummies in the normalised space while they are optimised).
     loss:
         Gradient-matching cost (without the prior) of ``images``.
     restart:
@@ -259,83 +275,119 @@ def _optimise(step: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.T
     return x.detach(), cost.detach()
 
 
-def reconstruct(model: nn.Module, problems: Sequence[Problem], *, config: GradInvConfig,
-                image_shape: tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
-                device: torch.device | str = "cpu", progress: bool = True) -> list[Reconstruction]:
+@dataclass(frozen=True)
+class _Setup:
+    """What every group of one :func:`reconstruct_batch` call shares."""
+
+    net: nn.Module
+    params: dict[str, torch.Tensor]
+    consts: dict[str, torch.Tensor]
+    config: GradInvConfig
+    image_shape: tuple[int, int, int]
+    low: torch.Tensor
+    high: torch.Tensor
+    device: torch.device
+
+
+def _stack(problems: Sequence[Problem], chunk: Sequence[tuple[int, int]],
+           device: torch.device) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[Any, ...]]:
+    """The view transforms of a group of equal-signature runs and their stacked ``(labels, auxes, observed)``."""
+    first = problems[chunk[0][0]]
+    transforms = [(v.kind, v.params) for v in first.views]
+    labels = torch.stack([problems[i].labels for i, _ in chunk]).to(device)
+    auxes = tuple(tuple(torch.stack([problems[i].views[j].aux[a] for i, _ in chunk]).to(device)
+                        for a in range(len(first.views[j].aux)))
+                  for j in range(len(first.views)))
+    observed = tuple(torch.stack([problems[i].views[j].observed for i, _ in chunk]).to(device)
+                     for j in range(len(first.views)))
+    return transforms, (labels, auxes, observed)
+
+
+def _run_group(setup: _Setup, problems: Sequence[Problem], chunk: Sequence[tuple[int, int]],
+               batched: bool | None, bar: tqdm) -> list[Reconstruction]:
+    """Optimise one group of ``(problem, restart)`` runs of equal signature, vectorised or one by one."""
+    config = setup.config
+    transforms, args = _stack(problems, chunk, setup.device)
+    num = int(problems[chunk[0][0]].labels.shape[0])
+    x0 = torch.stack([initial_images(config, k, (num, *setup.image_shape), setup.low, setup.high)
+                      for _, k in chunk]).to(setup.device)
+    single = make_autograd_step(setup.net, transforms, config.cost, config.tv_weight)
+    vectorised = vmap(make_objective_grad(setup.net, setup.params, setup.consts, transforms, config.cost,
+                                          config.tv_weight))
+    use_vmap = batched
+    if use_vmap is None:
+        use_vmap = len(chunk) > 1 and batching_is_faster(vectorised, single, x0, args)
+    start = time.perf_counter()
+    if use_vmap:
+        images, costs = _optimise(vectorised, x0, args, config, setup.low, setup.high, bar)
+    else:
+        parts = [_optimise(single, x0[j:j + 1], _slice(args, j), config, setup.low, setup.high, bar)
+                 for j in range(len(chunk))]
+        images = torch.cat([p[0] for p in parts])
+        costs = torch.cat([p[1] for p in parts])
+    if setup.device.type == "cuda":
+        torch.cuda.synchronize(setup.device)
+    seconds = time.perf_counter() - start
+    return [Reconstruction(images=img, loss=float(c), restart=k, seconds=seconds, iterations=config.iterations,
+                           batched=bool(use_vmap))
+            for (_, k), img, c in zip(chunk, images.cpu(), costs.cpu().tolist())]
+
+
+def _to_pixels(rec: Reconstruction, dataset: DatasetSpec) -> Reconstruction:
+    """``rec`` with its images de-normalised to pixels and clamped to [0, 1]."""
+    mean = torch.tensor([float(v) for v in dataset.mean]).reshape(dataset.channels, 1, 1)
+    std = torch.tensor([float(v) for v in dataset.std]).reshape(dataset.channels, 1, 1)
+    return dataclasses.replace(rec, images=(rec.images * std + mean).clamp(0.0, 1.0))
+
+
+def reconstruct_batch(model: nn.Module, problems: Sequence[Problem], *, config: GradInvConfig,
+                      dataset: DatasetSpec, device: torch.device | None = None,
+                      progress: bool = True) -> list[Reconstruction]:
     """Invert every problem (with ``config.restarts`` starts each); return the best start of each.
+
+    Independent ``(problem, restart)`` runs whose problems have equal signatures are
+    stacked and optimised together (see the module docstring).
 
     Parameters
     ----------
     model:
-        The model the updates were computed with (not modified: a copy is used).
+        The model the updates were computed with, holding the weights they were computed
+        on (not modified: a copy is used).
     problems:
         The observed updates and their labels.
     config:
         Optimisation settings.
-    image_shape:
-        ``(C, H, W)`` of one image.
-    mean, std:
-        Per-channel normalisation of the model's inputs (pixels in [0, 1]).
+    dataset:
+        The images' shape (``channels``, ``image_size``) and the per-channel
+        normalisation of the model's inputs (``mean``, ``std``).
     device:
-        Where to run.
+        Where to run (``None``: :func:`fedtrust.training.select_device`'s ``"auto"``).
     progress:
         Show a tqdm bar over the iterations.
 
     Returns
     -------
     list of Reconstruction
-        One per problem, in order, images in the normalised space.
+        One per problem, in order, its images de-normalised to pixels in [0, 1].
     """
-    device = torch.device(device)
-    channels = int(image_shape[0])
-    mean_t = torch.as_tensor(list(mean), dtype=torch.float32, device=device).reshape(channels, 1, 1)
-    std_t = torch.as_tensor(list(std), dtype=torch.float32, device=device).reshape(channels, 1, 1)
-    low, high = (0.0 - mean_t) / std_t, (1.0 - mean_t) / std_t
+    device = select_device("auto") if device is None else device
+    mean = torch.as_tensor(list(dataset.mean), dtype=torch.float32, device=device).reshape(dataset.channels, 1, 1)
+    std = torch.as_tensor(list(dataset.std), dtype=torch.float32, device=device).reshape(dataset.channels, 1, 1)
     net, params, consts = attack_model(model, config.model_mode, device)
+    setup = _Setup(net=net, params=params, consts=consts, config=config,
+                   image_shape=(dataset.channels, dataset.image_size, dataset.image_size),
+                   low=(0.0 - mean) / std, high=(1.0 - mean) / std, device=device)
     batched = use_batching(config, device)
-
     # Every (problem, restart) pair is one independent run; stack those of equal signature.
-    runs = [(i, k) for i in range(len(problems)) for k in range(config.restarts)]
     groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
-    for i, k in runs:
-        groups.setdefault(problems[i].signature(), []).append((i, k))
-
+    for i in range(len(problems)):
+        for k in range(config.restarts):
+            groups.setdefault(problems[i].signature(), []).append((i, k))
     best: dict[int, Reconstruction] = {}
-    with torch.enable_grad(), tqdm(total=config.iterations * len(runs), desc="gradinv",
+    with torch.enable_grad(), tqdm(total=config.iterations * len(problems) * config.restarts, desc="gradinv",
                                    disable=not progress, leave=False) as bar:
         for chunk in groups.values():
-            first = problems[chunk[0][0]]
-            transforms = [(v.kind, v.params) for v in first.views]
-            labels = torch.stack([problems[i].labels for i, _ in chunk]).to(device)
-            auxes = tuple(tuple(torch.stack([problems[i].views[j].aux[a] for i, _ in chunk]).to(device)
-                                for a in range(len(first.views[j].aux)))
-                          for j in range(len(first.views)))
-            observed = tuple(torch.stack([problems[i].views[j].observed for i, _ in chunk]).to(device)
-                             for j in range(len(first.views)))
-            args = (labels, auxes, observed)
-            num = int(first.labels.shape[0])
-            x0 = torch.stack([initial_images(config, k, (num, *image_shape), low, high)
-                              for _, k in chunk]).to(device)
-            single = make_autograd_step(net, transforms, config.cost, config.tv_weight)
-            vectorised = vmap(make_objective_grad(net, params, consts, transforms, config.cost,
-                                                  config.tv_weight))
-            use_vmap = batched
-            if use_vmap is None:
-                use_vmap = len(chunk) > 1 and batching_is_faster(vectorised, single, x0, args)
-            start = time.perf_counter()
-            if use_vmap:
-                images, costs = _optimise(vectorised, x0, args, config, low, high, bar)
-            else:
-                parts = [_optimise(single, x0[j:j + 1], _slice(args, j), config, low, high, bar)
-                         for j in range(len(chunk))]
-                images = torch.cat([p[0] for p in parts])
-                costs = torch.cat([p[1] for p in parts])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            for (i, k), img, c in zip(chunk, images.cpu(), costs.cpu().tolist()):
-                cand = Reconstruction(images=img, loss=float(c), restart=k, seconds=seconds,
-                                      iterations=config.iterations, batched=bool(use_vmap))
+            for (i, _), cand in zip(chunk, _run_group(setup, problems, chunk, batched, bar)):
                 if i not in best or cand.loss < best[i].loss:
                     best[i] = cand
-    return [best[i] for i in range(len(problems))]
+    return [_to_pixels(best[i], dataset) for i in range(len(problems))]

@@ -7,61 +7,55 @@
   compressed) client update.
 
 Both return :class:`MIAResult` rows (balanced accuracy, ROC AUC, TPR at 1% and
-0.1% FPR); :func:`write_results_csv` and :func:`plot_results_roc` write them.
+0.1% FPR); :class:`~fedtrust.attacks.mia.report.MIAReport` records them in a run folder
+(``mia.csv``, :class:`fedtrust.records.MIARow`) and :func:`plot_results_roc` draws them.
 """
 
 from fedtrust.attacks.mia.blackbox import run_blackbox_mia
 from fedtrust.attacks.mia.metrics import (
-                                          allowed_false_positives,
-                                          balanced_accuracy,
-                                          plot_roc,
-                                          roc_auc,
-                                          roc_counts,
-                                          roc_curve,
-                                          tpr_at_fpr,
+    allowed_false_positives,
+    balanced_accuracy,
+    plot_roc,
+    roc_auc,
+    roc_counts,
+    roc_curve,
+    tpr_at_fpr,
 )
-from fedtrust.attacks.mia.result import (
-                                          CSV_COLUMNS,
-                                          MIAResult,
-                                          evaluate_scores,
-                                          plot_results_roc,
-                                          write_results_csv,
-)
+from fedtrust.attacks.mia.result import MIAResult, evaluate_scores, plot_results_roc
 from fedtrust.attacks.mia.sampling import (
-                                          MembershipSplit,
-                                          draw_membership_split,
-                                          heldout_indices,
+    MembershipSplit,
+    draw_membership_split,
+    heldout_indices,
 )
 from fedtrust.attacks.mia.scores import (
-                                          ATTACKS,
-                                          attack_scores,
-                                          compute_outputs,
-                                          confidence_score,
-                                          entropy_score,
-                                          loss_score,
-                                          modified_entropy_score,
+    ATTACKS,
+    attack_scores,
+    compute_outputs,
+    confidence_score,
+    entropy_score,
+    loss_score,
+    modified_entropy_score,
 )
 from fedtrust.attacks.mia.thresholds import (
-                                          SCOPES,
-                                          CalibrationSet,
-                                          ThresholdRule,
-                                          best_threshold,
-                                          calibration_set,
-                                          fit_thresholds,
+    SCOPES,
+    CalibrationSet,
+    ThresholdRule,
+    best_threshold,
+    calibration_set,
+    fit_thresholds,
 )
 from fedtrust.attacks.mia.update_attack import (
-                                          UPDATE_ATTACKS,
-                                          ObservedPiece,
-                                          UpdateScores,
-                                          observed_pieces,
-                                          per_sample_gradients,
-                                          run_update_mia,
-                                          update_scores,
+    UPDATE_ATTACKS,
+    ObservedPiece,
+    UpdateScores,
+    observed_pieces,
+    per_sample_gradients,
+    run_update_mia,
+    update_scores,
 )
 
 __all__ = [
     "ATTACKS",
-    "CSV_COLUMNS",
     "SCOPES",
     "UPDATE_ATTACKS",
     "CalibrationSet",
@@ -95,5 +89,4 @@ __all__ = [
     "run_update_mia",
     "tpr_at_fpr",
     "update_scores",
-    "write_results_csv",
 ]

@@ -10,15 +10,15 @@
   (FedSGD: the batches they drew; FedAvg: their partitions), non-members held-out
   test samples no client ever saw.
 
-Results go to ``mia.csv`` (attack, scope, accuracy, auc, tpr_at_1pct_fpr,
-tpr_at_0_1pct_fpr, members, nonmembers, compressor, level, round, client, seed; ``client``
-is the attacked partition of an update attack and empty for the final model) with ROC
-figures ``mia_roc.png`` and ``mia_update_roc_round{R}_client{P}.png``.
+Results go to ``mia.csv``, one :class:`~fedtrust.records.MIARow` per attack and scope
+(attack, scope, accuracy, auc, tpr_at_1pct_fpr, tpr_at_0_1pct_fpr, members, nonmembers,
+compressor, level, round, client, seed; ``client`` is the attacked partition of an update
+attack and empty for the final model) with ROC figures ``mia_roc.png`` and
+``mia_update_roc_round{R}_client{P}.png``.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,13 +29,13 @@ import torch
 from torch import nn
 
 from fedtrust.attacks.mia.blackbox import run_blackbox_mia
-from fedtrust.attacks.mia.result import CSV_COLUMNS, MIAResult, plot_results_roc
+from fedtrust.attacks.mia.result import MIAResult, plot_results_roc
 from fedtrust.attacks.mia.update_attack import run_update_mia
+from fedtrust.compression.spec import CompressorSpec
 from fedtrust.interception import InterceptedUpdate
+from fedtrust.records import MIA_CSV, MIARow, append_rows, compressor_cells
 
 log = logging.getLogger(__name__)
-
-MIA_COLUMNS = (*CSV_COLUMNS, "compressor", "level", "round", "client", "seed")
 
 
 @dataclass
@@ -44,22 +44,24 @@ class MIAReport:
 
     Parameters
     ----------
-    folder:
-        The run folder.
-    model_fn:
-        Builds a fresh model of the run's architecture.
+    folder, model_fn:
+        The run folder, and a builder of fresh models of the run's architecture.
     train_x, train_y, test_x, test_y:
         Normalised train and test tensors (members are drawn from train, non-members from test).
     num_classes:
         Classes of the data set.
     compressor:
-        The run's compressor spec (recorded in each row).
+        The run's compressor (its name and level are recorded in each row).
     step:
         The server's step size (``server-lr * lr`` for FedSGD), for the loss-drop update attack.
     max_per_side:
         At most this many members and non-members in the black-box attacks.
     update_nonmembers:
         Held-out candidates per update attack.
+    seed:
+        The run's seed: of the candidates' draws (recorded in each row).
+    device, progress:
+        Where the attacks run (``None``: where the model is) and whether to show progress bars.
     """
 
     folder: Path
@@ -69,32 +71,23 @@ class MIAReport:
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
-    compressor: dict[str, object]
+    compressor: CompressorSpec
     step: float
     seed: int = 0
     max_per_side: int | None = 1000
     update_nonmembers: int = 200
-    device: torch.device | str | None = None
+    device: torch.device | None = None
     progress: bool = True
-    rows: list[dict[str, object]] = field(default_factory=list)
+    rows: list[MIARow] = field(default_factory=list)
 
     @property
     def csv_path(self) -> Path:
-        return Path(self.folder) / "mia.csv"
-
-    def _level(self) -> object:
-        return self.compressor.get("level") if self.compressor.get("compressor") != "none" else 0
+        return Path(self.folder) / MIA_CSV
 
     def _record(self, results: Iterable[MIAResult], server_round: int, client: int | None) -> None:
-        new = not self.csv_path.exists()
-        rows = [{**r.to_row(), "compressor": self.compressor.get("compressor"), "level": self._level(),
-                 "round": server_round, "client": "" if client is None else client, "seed": self.seed}
-                for r in results]
-        with self.csv_path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=MIA_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        cells = compressor_cells(self.compressor)
+        rows = [MIARow.of(r, **cells, round=server_round, client=client, seed=self.seed) for r in results]
+        append_rows(self.csv_path, rows)
         self.rows += rows
 
     def __call__(self, item: InterceptedUpdate) -> list[MIAResult]:

@@ -1,9 +1,9 @@
-"""One attack's outcome, how it is computed from scores, and how results are written."""
+"""One attack's outcome and how it is computed from scores (thresholds fitted on the
+calibration candidates, metrics on the evaluation candidates); its ROC figure."""
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,30 +23,20 @@ from fedtrust.attacks.mia.thresholds import (
     calibration_set,
     fit_thresholds,
 )
-
-#: Columns of :meth:`MIAResult.to_row`, in order.
-CSV_COLUMNS: tuple[str, ...] = ("attack", "scope", "accuracy", "auc", "tpr_at_1pct_fpr",
-                                "tpr_at_0_1pct_fpr", "members", "nonmembers")
+from fedtrust.records import MIAMetrics
 
 
-@dataclass
-class MIAResult:
+@dataclass(frozen=True)
+class MIAResult(MIAMetrics):
     """Metrics of one attack with one threshold scope, on the evaluation candidates.
+
+    The metrics (:class:`~fedtrust.records.MIAMetrics`: ``attack``, ``scope``,
+    ``accuracy``, ``auc``, ``tpr_at_1pct_fpr``, ``tpr_at_0_1pct_fpr``, ``members``,
+    ``nonmembers``) are what ``mia.csv`` keeps (:meth:`fedtrust.records.MIARow.of`); the
+    rest is for figures and checks.
 
     Attributes
     ----------
-    attack:
-        Attack name (``"loss"``, ``"update_cosine"`` ...).
-    scope:
-        ``"global"``, ``"per_class"`` (black-box) or ``"update"``.
-    accuracy:
-        Balanced accuracy of the calibrated thresholds (the paper's number).
-    auc:
-        ROC AUC of the scores.
-    tpr_at_1pct_fpr, tpr_at_0_1pct_fpr:
-        TPR at FPR <= 1% and <= 0.1%.
-    members, nonmembers:
-        Evaluation candidates of each kind.
     fpr_floor_1pct_n, fpr_floor_0_1pct_n:
         False positives the 1% and 0.1% levels allow with ``nonmembers``
         non-members (0 means the level is below the resolution ``1/nonmembers``
@@ -57,25 +47,10 @@ class MIAResult:
         The thresholds chosen on the calibration candidates.
     """
 
-    attack: str
-    scope: str
-    accuracy: float
-    auc: float
-    tpr_at_1pct_fpr: float
-    tpr_at_0_1pct_fpr: float
-    members: int
-    nonmembers: int
     fpr_floor_1pct_n: int
     fpr_floor_0_1pct_n: int
     roc: tuple[np.ndarray, np.ndarray] = field(repr=False, compare=False)
     rule: ThresholdRule | None = field(default=None, repr=False, compare=False)
-
-    def to_row(self) -> dict[str, object]:
-        """The CSV row (:data:`CSV_COLUMNS`)."""
-        return {"attack": self.attack, "scope": self.scope, "accuracy": float(self.accuracy),
-                "auc": float(self.auc), "tpr_at_1pct_fpr": float(self.tpr_at_1pct_fpr),
-                "tpr_at_0_1pct_fpr": float(self.tpr_at_0_1pct_fpr),
-                "members": int(self.members), "nonmembers": int(self.nonmembers)}
 
 
 def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndarray,
@@ -119,20 +94,6 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
                      fpr_floor_1pct_n=allowed_false_positives(n_non, 0.01),
                      fpr_floor_0_1pct_n=allowed_false_positives(n_non, 0.001),
                      roc=(fpr, tpr), rule=rule)
-
-
-def write_results_csv(results: Iterable[MIAResult], path: str | Path,
-                      extra: dict[str, object] | None = None) -> Path:
-    """Write results as CSV (:data:`CSV_COLUMNS`, after the ``extra`` columns if given)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    extra = dict(extra or {})
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=[*extra, *CSV_COLUMNS])
-        writer.writeheader()
-        for r in results:
-            writer.writerow({**extra, **r.to_row()})
-    return path
 
 
 def plot_results_roc(results: Sequence[MIAResult], path: str | Path, *,

@@ -63,15 +63,9 @@ class NoneCodec(Codec):
     display = "SGD"
     levelled = False
     has_error_feedback = False
+    label_format = "Original SGD"
+    tag_format = "SGD"
     style = ("black", "o")
-
-    @classmethod
-    def label(cls, level: int) -> str:
-        return "Original SGD"
-
-    @classmethod
-    def tag(cls, level: int) -> str:
-        return "SGD"
 
     def expected_arrays(self, exchange: int | None = None) -> dict[str, ArraySpec]:
         return {f"dense/{n}": ArraySpec(s, "float32") for n, s in self.layout}

@@ -56,7 +56,7 @@ could flip its columns' signs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -296,6 +296,21 @@ class PowerSGDCompressor(LevelledCompressor):
                                  if k not in self._warm_q})
         return orthogonalize(self._warm_q[name].to(device))
 
+    def _matrices(self, update: Mapping[str, torch.Tensor], arrays: dict[str, np.ndarray]
+                  ) -> Iterator[tuple[str, tuple[int, ...], torch.Tensor, torch.Tensor]]:
+        """``(name, shape, M, orth(Q))`` per compressible tensor, in layout order; the dense
+        tensors go into ``arrays`` as ``dense/{name}`` on the way (so arrays keep layout order).
+        Starts a new round's public state."""
+        layout = self._layout_for(update)
+        names = set(self.compressible())
+        self._public = {}
+        for name, shape in layout:
+            if name not in names:
+                arrays[f"dense/{name}"] = to_wire(update[name])
+                continue
+            m = self._matrix(name, update[name])
+            yield name, shape, m, self._start_q(name, m.device)
+
     def _remember(self, name: str, m: torch.Tensor, p_hat: torch.Tensor, q: torch.Tensor,
                   shape: tuple[int, ...]) -> None:
         """Refresh warm start and residual after ``Q = M^T P_hat``."""
@@ -313,18 +328,9 @@ class PowerSGDCompressor(LevelledCompressor):
         """
         if self.mode != "allreduce":
             raise ValueError(f"encode_p belongs to mode='allreduce'; this compressor has mode={self.mode!r}")
-        layout = self._layout_for(update)
-        names = set(self.compressible())
         self._pending = {}
-        self._public = {}
         arrays: dict[str, np.ndarray] = {}
-        for name, shape in layout:
-            tensor = update[name]
-            if name not in names:
-                arrays[f"dense/{name}"] = to_wire(tensor)
-                continue
-            m = self._matrix(name, tensor)
-            q = self._start_q(name, m.device)
+        for name, _, m, q in self._matrices(update, arrays):
             arrays[f"p/{name}"] = to_wire(m @ q)
             self._pending[name] = m
             self._public[f"Q/{name}"] = q
@@ -388,17 +394,8 @@ class PowerSGDCompressor(LevelledCompressor):
             payload_p = self.encode_p(update)
             payload_q = self.encode_q(aggregate_p([payload_p], [1.0]))
             return Payload({**payload_p.arrays, **payload_q.arrays})
-        layout = self._layout_for(update)
-        names = set(self.compressible())
-        self._public = {}
         arrays: dict[str, np.ndarray] = {}
-        for name, shape in layout:
-            tensor = update[name]
-            if name not in names:
-                arrays[f"dense/{name}"] = to_wire(tensor)
-                continue
-            m = self._matrix(name, tensor)
-            q_start = self._start_q(name, m.device)
+        for name, shape, m, q_start in self._matrices(update, arrays):
             p_hat = orthogonalize(m @ q_start)
             q = m.T @ p_hat
             arrays[f"p/{name}"] = to_wire(p_hat)
@@ -557,15 +554,9 @@ class PowerSGDCodec(Codec):
     compressor_type = PowerSGDCompressor
     display = "PowerSGD"
     options = (CodecOption("powersgd-mode", "mode", MODES), CodecOption("seed", "seed"))
+    label_format = "PowerSGD (Rank {level})"
+    tag_format = "r{level}"
     style = ("tab:blue", "s")
-
-    @classmethod
-    def label(cls, level: int) -> str:
-        return f"PowerSGD (Rank {level})"
-
-    @classmethod
-    def tag(cls, level: int) -> str:
-        return f"r{level}"
 
     @property
     def mode(self) -> str:
@@ -582,10 +573,6 @@ class PowerSGDCodec(Codec):
     @property
     def seed(self) -> int:
         return int(self.spec.option("seed", 0))
-
-    @property
-    def rate(self) -> float:
-        return float(self.spec.option("min_compression_rate", MIN_COMPRESSION_RATE))
 
     def expected_arrays(self, exchange: int | None = None) -> dict[str, ArraySpec]:
         level = self.spec.level

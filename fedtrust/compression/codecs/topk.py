@@ -207,23 +207,13 @@ class TopKCodec(Codec):
     compressor_type = TopKCompressor
     display = "Top-K"
     options = (CodecOption("topk-scope", "scope", SCOPES),)
+    label_format = "Top-K SGD (Level {level})*"
+    tag_format = "L{level}"
     style = ("tab:orange", "^")
-
-    @classmethod
-    def label(cls, level: int) -> str:
-        return f"Top-K SGD (Level {level})*"
-
-    @classmethod
-    def tag(cls, level: int) -> str:
-        return f"L{level}"
 
     @property
     def scope(self) -> str:
         return str(self.spec.option("scope", "global"))
-
-    @property
-    def rate(self) -> float:
-        return float(self.spec.option("min_compression_rate", MIN_COMPRESSION_RATE))
 
     def _sparse(self) -> list[str]:
         return compressible_names(self.layout, self.spec.level, self.rate)
