@@ -36,6 +36,7 @@ from fedtrust.compression import codec_class, get_compressor, is_compressible, l
 from fedtrust.compression.base import layout_numel, matrix_shape
 from fedtrust.compression.codecs.powersgd import orthogonalize
 from fedtrust.models import resnet18
+from fedtrust.training import select_device
 
 try:
     from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize
@@ -204,8 +205,7 @@ def format_table(rows: list[Row]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before each measurement")
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS))
@@ -217,9 +217,10 @@ def main() -> None:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available")
+    try:
+        device = select_device(args.device)
+    except RuntimeError as err:
+        parser.error(str(err))
     result = run(device, args.repeats, args.warmup, tuple(args.levels))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"ResNet-18 gradient, batch 32 (32x32x3), device {device} ({name}), torch {torch.__version__}, "

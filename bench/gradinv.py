@@ -24,12 +24,15 @@ from skimage import data as skdata
 from skimage.transform import resize
 from torch.nn import functional as F
 
-from fedtrust.attacks import invert_targets, make_target
+from fedtrust.attacks.gradinv import GradInvConfig, Problem, reconstruct_batch
+from fedtrust.attacks.gradinv.targets import build_views
+from fedtrust.data.specs import get_spec
 from fedtrust.models import resnet18
+from fedtrust.training import model_layout
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "camera")
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+CIFAR = get_spec("cifar10")
+CIFAR_MEAN, CIFAR_STD = CIFAR.mean, CIFAR.std
 
 
 def photos(count: int, size: int = 32) -> torch.Tensor:
@@ -58,15 +61,15 @@ def gradients(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return out
 
 
-def measure(model: torch.nn.Module, targets: list, device: str, iterations: int, batched: bool) -> float:
+def measure(model: torch.nn.Module, problems: list[Problem], device: str, iterations: int, batched: bool) -> float:
     """Image-iterations per second of one run (after a one-iteration warm-up)."""
-    base = {"tv_weight": 1e-4, "lr": 0.1, "batched": batched}
-    kwargs = dict(image_shape=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, device=device, progress=False)
-    invert_targets(model, targets[:2], config={**base, "iterations": 1}, **kwargs)
+    base = GradInvConfig(tv_weight=1e-4, lr=0.1, batched=batched)
+    kwargs = dict(dataset=CIFAR, device=torch.device(device), progress=False)
+    reconstruct_batch(model, problems[:2], config=base.replace(iterations=1), **kwargs)
     start = time.perf_counter()
-    invert_targets(model, targets, config={**base, "iterations": iterations}, **kwargs)
+    reconstruct_batch(model, problems, config=base.replace(iterations=iterations), **kwargs)
     seconds = time.perf_counter() - start
-    return len(targets) * iterations / seconds
+    return len(problems) * iterations / seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     model = resnet18()
     images = photos(args.reconstructions)
     labels = torch.arange(args.reconstructions) % 10
-    targets = [make_target(model, g, labels=y[None]) for g, y in zip(gradients(model, images, labels), labels)]
+    layout = model_layout(model)
+    problems = [Problem(tuple(build_views("naive", layout, decoded=g)), y[None])
+                for g, y in zip(gradients(model, images, labels), labels)]
     print(f"gradinv bench: {args.reconstructions} independent reconstructions, ResNet-18, 32x32 RGB, "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for device in devices:
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
         rates = {}
         for batched in (False, True):
-            rates[batched] = measure(model, targets, device, iters, batched)
+            rates[batched] = measure(model, problems, device, iters, batched)
             mode = "batched (vmap)" if batched else "one by one"
             print(f"  {device:7s} {name:24.24s} {mode:15s} {iters:4d} it  "
                   f"{rates[batched]:9.2f} image-iterations/s", flush=True)

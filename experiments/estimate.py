@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from experiments.profiles import PROFILES, Profile
 from experiments.store import STORE_NAME, read_records
+from fedtrust.training import select_device
 
 #: Train-split sizes of the public datasets (the number of images clients train on per epoch).
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "mnist": 60_000, "fashion-mnist": 60_000, "sample": 3_000}
@@ -178,14 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.estimate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="paper", choices=sorted(PROFILES))
     parser.add_argument("--datasets", default=None, help="comma list (default: the profile's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=None, help="timed repetitions (default: 2 on CPU, 20 on CUDA)")
     parser.add_argument("--overhead-from", type=Path, default=None, metavar="SWEEP_FOLDER",
                         help="add the shortest cell time recorded there to every cell")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     profile = PROFILES[args.profile]
-    device = torch.device(args.device)
+    device = select_device(args.device)
     repeats = args.repeats or (2 if device.type == "cpu" else 20)
     datasets = [d.strip() for d in args.datasets.split(",")] if args.datasets else list(profile.datasets)
     overhead = overhead_from(args.overhead_from)

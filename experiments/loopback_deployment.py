@@ -34,6 +34,7 @@ from experiments.flwr_runner import (
     RunOutcome,
     _json_of,
     free_port,
+    run_config_arg,
 )
 from experiments.processes import descendants, terminate
 
@@ -170,7 +171,7 @@ class LoopbackDeployment(LocalSuperLink):
         if private_key is not None:
             args += ["--auth-supernode-private-key", str(private_key)]
         if node_config:
-            args += ["--node-config", " ".join(f"{k}={_toml(v)}" for k, v in node_config.items())]
+            args += ["--node-config", run_config_arg(node_config)]
         return self._spawn(name, args)
 
     def kill_node(self, index: int) -> None:
@@ -203,9 +204,3 @@ class LoopbackDeployment(LocalSuperLink):
     def stop(self, timeout: float = 20.0) -> None:
         """End every process started here (their process groups and descendants)."""
         self.stopped_pids = terminate(self.processes, timeout=timeout)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, str):
-        return f"'{value}'"
-    return str(value).lower() if isinstance(value, bool) else str(value)

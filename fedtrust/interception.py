@@ -100,7 +100,7 @@ class InterceptedUpdate:
     @classmethod
     def load(cls, path: str | Path) -> InterceptedUpdate:
         """Read a file written by :meth:`save` (safe: ``weights_only=True``)."""
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        blob = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
         version = blob.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: intercepted-update format {version!r}, expected {FORMAT_VERSION}")

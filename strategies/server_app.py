@@ -79,7 +79,7 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
     return MIAReport(folder=folder.path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                      model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
                                                 in_channels=train.spec.channels),
-                     num_classes=train.spec.num_classes, compressor=cfg.compressor_spec().to_dict(), step=step,
+                     num_classes=train.spec.num_classes, compressor=cfg.compressor_spec(), step=step,
                      seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
 
 

@@ -19,6 +19,7 @@ from fedtrust.compression import (
     max_compressible_level,
     powersgd_values_per_tensor,
 )
+from fedtrust.compression.base import matrix_shape
 from fedtrust.compression.codecs.none import NoCompressor
 from fedtrust.compression.codecs.powersgd import (
     PowerSGDCompressor,
@@ -29,7 +30,6 @@ from fedtrust.compression.codecs.powersgd import (
     orthogonalize,
 )
 from fedtrust.compression.codecs.topk import TopKCompressor
-from fedtrust.compression.base import matrix_shape
 from fedtrust.models import resnet18
 
 try:  # PyTorch's own orthogonalisation, the reference for ours

@@ -56,6 +56,10 @@ class CompressorSpec:
             return data
         if "compressor" not in data:
             raise ValueError(f"a compressor spec needs the key 'compressor'; got keys {sorted(data)}")
-        return cls(name=str(data["compressor"]), level=int(data.get("level", 0)),
+        name = str(data["compressor"])
+        from fedtrust.compression.registry import codec_class  # the registry imports this module
+
+        levelled = codec_class(name).levelled
+        return cls(name=name, level=int(data.get("level", 0)) if levelled else 0,
                    error_feedback=bool(data.get("error_feedback", True)),
                    options=tuple((k, v) for k, v in data.items() if k not in _COMMON))
