@@ -122,7 +122,7 @@ class CompressedFedAvg(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's hook; this strategy aggregates in :meth:`start`, which may need more
         exchanges with the same nodes than Flower's loop has (so it is not called)."""
-        raise NotImplementedError("CompressedFedAvg aggregates in start(): a codec may need more "
+        raise RuntimeError("CompressedFedAvg aggregates in start(): a codec may need more "
                                   "than one exchange per round")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

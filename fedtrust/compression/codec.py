@@ -94,7 +94,8 @@ class ServerProtocol:
         accepted payloads of the exchanges before it, and the norm bound's verdict on each
         payload's contribution. Raises :class:`NonFiniteAggregate` when finite payloads
         combine into a non-finite answer."""
-        raise NotImplementedError(f"{self.codec.name} has one exchange")
+        raise ValueError(f"compressor {self.codec.name!r} has one exchange: there is no exchange {exchange} "
+                         "to answer (the strategy only calls respond between exchanges)")
 
     def decode(self, node_id: int, arrays: Mapping[str, np.ndarray]
                ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
