@@ -57,6 +57,15 @@ def collect(replies: Iterable[Message], stage: str, asked: int, tally: Tally) ->
     return ok
 
 
+def in_partition_order(replies: list[ClientReply]) -> list[ClientReply]:
+    """Replies sorted by ``(partition id, node id)``, not by arrival.
+
+    Every mean the server takes (the aggregate, PowerSGD's P-hat and Q-bar) sums in this
+    order, so a run's float32 results do not depend on which client answered first.
+    """
+    return sorted(replies, key=lambda r: (r.partition_id, r.node_id))
+
+
 class ExchangeRunner:
     """Runs a round's exchanges for the codec and decodes the replies.
 
@@ -92,6 +101,7 @@ class ExchangeRunner:
                 parsed.append(self.checker.parse_reply(msg.metadata.src_node_id, msg.content))
             except RejectedReply as err:
                 self._refuse(tally, server_round, msg.metadata.src_node_id, err)
+        parsed = in_partition_order(parsed)
         self.checker.settle_num_partitions(parsed)
         claims: dict[int, list[int]] = {}
         for reply in parsed:
@@ -165,7 +175,7 @@ class ExchangeRunner:
             reply.payload = {**reply.payload, **arrays}
             reply.metrics["uplink-bytes"] += float(sum(a.nbytes for a in arrays.values()))
             done.append(reply)
-        return done
+        return in_partition_order(done)
 
     @staticmethod
     def _refuse(tally: Tally, server_round: int, node_id: int, err: RejectedReply, stage: str = "") -> None:

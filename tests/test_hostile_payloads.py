@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 
 from fedtrust import protocol
 from fedtrust.compression import get_codec, layout_of
@@ -288,3 +288,30 @@ def test_a_q_that_averages_to_inf_does_not_become_the_warm_start(tmp_path):
         reply.payload.update({f"q/{k}": np.ones_like(v) for k, v in server.q_shared.items()})
     assert end_round()
     assert all(np.allclose(v, 1.0) for v in server.q_shared.values())
+
+
+def _reply_message(node: int, content) -> Message:
+    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="",
+                    group_id="1", created_at=0.0, ttl=60.0, message_type="train")
+    return Message(pack(content), metadata=meta)
+
+
+def test_the_aggregate_does_not_depend_on_which_client_answered_first(tmp_path):
+    """Replies are taken in partition order, so float32 sums are the same whatever the arrival order."""
+    _, model, content = honest("none")
+    cfg = parse_run_config({"model": "convnet", "batch-size": 8})
+    rng = np.random.default_rng(0)
+    contents = []
+    for partition in range(4):  # four different updates, with magnitudes that make float32 sums order-dependent
+        c = {**content, "metrics": {**content["metrics"], "partition-id": partition}}
+        c["payload"] = {k: (v * 10.0 ** rng.integers(-3, 4, v.shape)).astype(np.float32)
+                        for k, v in content["payload"].items()}
+        contents.append(c)
+    results = []
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0]):
+        strat = strategy_for(cfg, model, tmp_path / "-".join(map(str, order)))
+        accepted = strat.exchange.first(1, [_reply_message(p + 10, contents[p]) for p in order], Tally())
+        assert [r.partition_id for r in accepted] == [0, 1, 2, 3]
+        results.append(aggregate(model.state_dict(), accepted, strat.step))
+    for other in results[1:]:
+        assert all(torch.equal(results[0][k], other[k]) for k in results[0])
