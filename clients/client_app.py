@@ -121,7 +121,7 @@ def train(msg: Message, context: Context) -> Message:
         batch = cfg.batch_size
         if server_round == cfg.attack_round and cfg.attacks_client(pid):
             batch = cfg.attack_images  # the attacked batch holds attack-images images (one in the paper)
-        result = fedsgd_step(model, x, y, batch, np.random.default_rng(seed), indices)
+        result = fedsgd_step(model, x, y, batch, np.random.default_rng(seed), indices, cfg.client_model_mode)
     else:
         gen = torch.Generator().manual_seed(seed)
         result = fedavg_train(model, x, y, cfg.local_epochs, cfg.batch_size, cfg.lr, gen)

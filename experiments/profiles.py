@@ -206,6 +206,10 @@ PAPER_FAMILIES = ("sgd", "powersgd", "topk")
 #: Geiping et al. (2020) reference settings: 24,000 signed-Adam iterations, TV 1e-4, and
 #: one restart (``--restarts`` default of ``inversefed/options.py``).
 GEIPING = {"attack-iterations": 24000, "attack-restarts": 1, "tv-weight": 1e-4}
+#: The paper's (and Geiping et al.'s code's) BatchNorm setting: the FedSGD gradient of a
+#: model in eval mode (running statistics). In train mode, ResNet-18 with one image is
+#: not inverted at all (README, "BatchNorm mode").
+PAPER_MODEL_MODE = {"client-model-mode": "eval"}
 
 #: What makes a cell of each kind the experiment it is (see the module docstring); a
 #: profile adds the model, the sizes and the attack's budget.
@@ -236,11 +240,11 @@ PAPER = Profile(
     levels=(1, 2, 4, 30, 50),
     kinds={
         "gradinv": kind_settings("gradinv", 10, {"model": "resnet18", "batch-size": 32, **GEIPING,
-                                                 "eval-samples": 1000}),
+                                                 **PAPER_MODEL_MODE, "eval-samples": 1000}),
         "mia": kind_settings("mia", 10, {"model": "resnet18", "num-server-rounds": 50, "local-epochs": 1,
                                          "batch-size": 32, "lr": 0.05, "mia-samples": 5000}),
         "update": kind_settings("update", 10, {"model": "resnet18", "batch-size": 32, "mia-samples": 1000,
-                                               "eval-samples": 1000}),
+                                               **PAPER_MODEL_MODE, "eval-samples": 1000}),
     },
     cell_timeout_s=12 * 3600.0,
     gpu_client_share=0.1,

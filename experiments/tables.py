@@ -38,6 +38,7 @@ import pandas as pd
 from experiments.profiles import Algorithm, Cell, dataset_label
 from experiments.store import CellRecord, relative_path
 from experiments.summaries import AttackScore, ImageScore
+from fedtrust.config_keys import BY_KEY
 
 ATTACKERS = ("naive", "adaptive")
 #: The paper's three black-box attacks: column label -> fedtrust attack name.
@@ -80,8 +81,14 @@ def records_of(cells: Sequence[Cell], records: Iterable[CellRecord]) -> dict[str
     return {r.key: r for r in records if r.key in keys and r.ok}
 
 
+#: Settings that decide what an attack table says, named in its footer even at their defaults
+#: (when they matter for the cells: the model mode of FedSGD gradients, given or inferred labels).
+ALWAYS_NAMED = ("client-model-mode", "attack-labels")
+
+
 def common_settings(cells: Sequence[Cell], defaults: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per cell kind: the settings all its cells share that differ from the app's defaults."""
+    """Per cell kind: the settings all its cells share that differ from the app's defaults
+    (and those of :data:`ALWAYS_NAMED` that matter for them)."""
     out: dict[str, dict[str, Any]] = {}
     for kind in dict.fromkeys(c.kind for c in cells):
         group = [c for c in cells if c.kind == kind]
@@ -89,7 +96,8 @@ def common_settings(cells: Sequence[Cell], defaults: Mapping[str, Any]) -> dict[
         for key, value in group[0].run_config.items():
             if key in ("dataset", "compressor", "level"):
                 continue
-            if all(c.run_config.get(key) == value for c in group) and defaults.get(key) != value:
+            named = key in ALWAYS_NAMED and all(BY_KEY[key].matters(c.run_config) for c in group)
+            if all(c.run_config.get(key) == value for c in group) and (named or defaults.get(key) != value):
                 shared[key] = value
         supernodes = {c.num_supernodes for c in group}
         shared["num-supernodes"] = supernodes.pop() if len(supernodes) == 1 else sorted(supernodes)

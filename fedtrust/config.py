@@ -60,6 +60,7 @@ class RunConfig:
     device: str = _D["device"]
     # local training
     local_mode: str = _D["local_mode"]
+    client_model_mode: str = _D["client_model_mode"]
     batch_size: int = _D["batch_size"]
     local_epochs: int = _D["local_epochs"]
     lr: float = _D["lr"]
@@ -141,12 +142,13 @@ class RunConfig:
     def gradinv_settings(self) -> dict[str, Any]:
         """Settings for :class:`fedtrust.attacks.gradinv.GradInvConfig` from this run config.
 
-        Clients compute their FedSGD gradient with the model in train mode, so the attacker
-        differentiates the model in the same mode (BatchNorm on the dummy batch).
+        The attacker differentiates the model in the mode in which the clients computed
+        their FedSGD gradient (``client-model-mode``): ``train``, BatchNorm on the dummy
+        batch's statistics; ``eval``, on the global model's running statistics.
         """
         return {"iterations": self.attack_iterations, "restarts": self.attack_restarts,
                 "tv_weight": self.tv_weight, "seed": self.seed, "label_strategy": self.attack_labels,
-                "model_mode": "train"}
+                "model_mode": self.client_model_mode}
 
     def as_flat_dict(self) -> dict[str, Any]:
         """The config with run-config key names (hyphens)."""

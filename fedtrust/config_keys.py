@@ -36,6 +36,7 @@ from fedtrust.compression.registry import codec_class, codec_names
 from fedtrust.data.partition import PARTITIONER_NAMES
 from fedtrust.data.specs import BUILTIN_DATASETS, DATASET_NAMES
 from fedtrust.models import MODEL_NAMES
+from fedtrust.training import MODEL_MODES
 
 #: The largest seed: clients derive per-round seeds as ``seed * 1_000_003 + round * 1009 + partition``,
 #: which must stay below 2**63 (torch's generators) for every round and partition.
@@ -225,6 +226,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("local-mode", "fedsgd", ("fedsgd", "fedavg"),
               "FedSGD: one gradient on one batch (the paper's threat model); FedAvg: `local-epochs` of SGD, "
               "the update is the model delta"),
+    ConfigKey("client-model-mode", "train", MODEL_MODES,
+              "mode of the model when a FedSGD client computes its gradient, and so what the attacker assumes: "
+              "`train` normalises BatchNorm with the batch's statistics (what real training does), `eval` with "
+              "the running ones (Geiping et al.'s setting and the paper's); no effect on a model without BatchNorm",
+              When("local-mode", ("fedsgd",))),
     ConfigKey("batch-size", 32, ">= 1", "FedSGD batch / FedAvg mini-batch", check=lambda v: v >= 1),
     ConfigKey("local-epochs", 1, ">= 1", "FedAvg epochs per round",
               When("local-mode", ("fedsgd",), negate=True), check=lambda v: v >= 1),

@@ -33,7 +33,7 @@ import sys
 import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
@@ -87,6 +87,7 @@ class GradInvRow:
     iterations: int
     seconds: float
     seed: int
+    model_mode: str = "train"  # client-model-mode; files written before it existed were all "train"
 
 
 @dataclass(frozen=True)
@@ -161,20 +162,23 @@ def read_rows(path: str | Path, row_type: type[Row]) -> list[Row]:
 
     Other columns are ignored. Cells are parsed by the field's type (``int``, ``float``,
     ``str``, ``bool`` written as ``True``/``False``; an empty cell is ``None`` for an
-    optional field).
+    optional field). A column added to a row class later has a default, which the rows
+    of older files take.
 
     Raises
     ------
     ValueError
-        A column of ``row_type`` is missing, or a cell does not parse as its field's type.
+        A column of ``row_type`` without a default is missing, or a cell does not parse as
+        its field's type.
     """
     hints = get_type_hints(row_type)
-    names = csv_columns(row_type)
     with Path(path).open(newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [n for n in names if n not in (reader.fieldnames or ())]
+        present = set(reader.fieldnames or ())
+        missing = [f.name for f in fields(row_type) if f.name not in present and f.default is MISSING]
         if missing:
             raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} of {row_type.__name__}")
+        names = [n for n in csv_columns(row_type) if n in present]
         return [row_type(**{n: _parse(row[n], hints[n], n) for n in names}) for row in reader]
 
 

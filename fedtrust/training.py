@@ -54,9 +54,20 @@ class LocalResult:
     batch_indices: np.ndarray | None = None
 
 
-def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], float]:
-    """Gradient of the mean cross-entropy on one batch (model in train mode)."""
-    model.train()
+MODEL_MODES = ("train", "eval")
+
+
+def batch_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   mode: str = "train") -> tuple[dict[str, torch.Tensor], float]:
+    """Gradient of the mean cross-entropy on one batch, the model in ``mode``.
+
+    ``"train"``: BatchNorm normalises with the batch's statistics and updates its running
+    ones (what training does); ``"eval"``: it normalises with the running statistics and
+    changes nothing (the setting of Geiping et al.'s inverting-gradients code).
+    """
+    if mode not in MODEL_MODES:
+        raise ValueError(f"mode={mode!r} is not known; allowed: {', '.join(MODEL_MODES)}")
+    model.train(mode == "train")
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     loss.backward()
@@ -76,14 +87,15 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
 
 
 def fedsgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-                generator: np.random.Generator, indices: np.ndarray) -> LocalResult:
+                generator: np.random.Generator, indices: np.ndarray, mode: str = "train") -> LocalResult:
     """FedSGD: one gradient on one batch of ``batch_size`` images drawn from the partition.
 
-    ``indices`` are the partition's train-split indices (recorded for scoring attacks).
+    ``indices`` are the partition's train-split indices (recorded for scoring attacks);
+    ``mode`` is the model's mode for the gradient (:func:`batch_gradient`).
     """
     take = generator.choice(len(x), size=min(batch_size, len(x)), replace=False)
     take_t = torch.as_tensor(take, device=x.device)
-    grads, loss = batch_gradient(model, x[take_t], y[take_t])
+    grads, loss = batch_gradient(model, x[take_t], y[take_t], mode)
     return LocalResult(update=grads, loss=loss, num_examples=len(take), batch_indices=indices[take])
 
 

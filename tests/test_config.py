@@ -58,6 +58,7 @@ def test_every_key_is_documented_in_readme():
     ({"compressor": "gzip"}, ["compressor", "gzip", "powersgd", "topk"]),
     ({"level": 0}, ["level", "0", ">= 1"]),
     ({"local-mode": "sgd"}, ["local-mode", "fedsgd", "fedavg"]),
+    ({"client-model-mode": "inference"}, ["client-model-mode", "inference", "train", "eval"]),
     ({"powersgd-mode": "ring"}, ["powersgd-mode", "allreduce", "local"]),
     ({"model": "vgg"}, ["model", "resnet18", "convnet"]),
     ({"dataset": "imagenet"}, ["dataset", "cifar10", "folder:PATH"]),
@@ -202,7 +203,7 @@ def test_general_keys_matter_under_the_documented_conditions():
                                        "tv-weight", "mia-samples"}
     busy = {**base, "partitioner": "dirichlet", "local-mode": "fedavg", "attack": "gradinv", "mia": True,
             "compressor": "powersgd"}
-    assert ignored_keys(busy) == ["topk-scope"]
+    assert ignored_keys(busy) == ["client-model-mode", "topk-scope"]  # FedAvg: no FedSGD gradient
     assert BY_KEY["mia-samples"].matters_text() == "`mia` is true"
     assert BY_KEY["tv-weight"].matters_text() == "`attack` is not `none`"
     # an unknown compressor (not validated yet) keeps every compressor key

@@ -166,6 +166,8 @@ def test_paper_profile_matches_the_papers_setup():
     assert cfg["model"] == "resnet18" and cfg["attack-iterations"] == 24000 and cfg["tv-weight"] == 1e-4
     assert cfg["attacker"] == "both" and cfg["attack-images"] == 1 and cfg["attack-round"] == 1
     assert len(cfg["attack-clients"].split(",")) == cells[0].num_supernodes == 10  # 10 images per configuration
+    assert cfg["client-model-mode"] == "eval"  # the paper's BatchNorm setting (Geiping et al.'s code)
+    assert make_cell("update", "cifar10", Algorithm("sgd"), PAPER).run_config["client-model-mode"] == "eval"
     mia = make_cell("mia", "cifar10", Algorithm("sgd"), PAPER).run_config
     assert mia["local-mode"] == "fedavg" and mia["mia"] is True and mia["num-server-rounds"] >= 30
 
@@ -722,6 +724,7 @@ def test_resumed_table1_writes_every_file_for_a_folder_dataset(scenario):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_forced_cell_keeps_its_result_until_the_new_run_succeeds(scenario):
     """--force on a finished cell: a new run that fails (here: past --timeout) loses nothing."""
     out, dataset = scenario["out"], scenario["dataset"]

@@ -410,8 +410,14 @@ def test_report_writes_typed_rows_and_the_pngs_the_figures_read(convnet, tmp_pat
     rows = report(item)
     header = (tmp_path / "gradinv.csv").read_text().splitlines()[0]
     assert header == ("round,client,image,label,label_inferred,attacker,compressor,level,ssim,psnr,mse,"
-                      "iterations,seconds,seed") == ",".join(csv_columns(GradInvRow))
+                      "iterations,seconds,seed,model_mode") == ",".join(csv_columns(GradInvRow))
     assert read_rows(tmp_path / "gradinv.csv", GradInvRow) == rows
+    assert {r.model_mode for r in rows} == {"eval"}  # the attack config's mode
+    # a file written before the model_mode column existed reads with its default (those runs were all "train")
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(",".join(line.split(",")[:-1]) for line in
+                             (tmp_path / "gradinv.csv").read_text().splitlines()) + "\n")
+    assert [r.model_mode for r in read_rows(old, GradInvRow)] == ["train", "train"]
     assert [(r.attacker, r.compressor, r.level, r.label, r.image) for r in rows] == [
         ("naive", "topk", 2, 5, 0), ("adaptive", "topk", 2, 5, 0)]
     for what in ("original", "naive", "adaptive"):
@@ -443,6 +449,6 @@ def test_replay_reads_the_run_config_and_attacks_saved_updates(tmp_path):
     assert replay([str(folder.path), "--attacker", "naive", "--iterations", "2", "--out", str(out),
                    "--no-progress", "--device", "cpu"]) == 0
     rows = read_rows(out / "gradinv.csv", GradInvRow)
-    assert [(r.attacker, r.compressor, r.level, r.iterations, r.seed, r.label) for r in rows] == [
-        ("naive", "topk", 1, 2, 3, int(y))]
+    assert [(r.attacker, r.compressor, r.level, r.iterations, r.seed, r.label, r.model_mode) for r in rows] == [
+        ("naive", "topk", 1, 2, 3, int(y), "train")]
     assert (out / "gradinv_grid.png").is_file()

@@ -111,7 +111,8 @@ def run(link, tmp_path, name, overrides, mode=None):
     return outcome, tmp_path / "runs" / name
 
 
-@pytest.mark.parametrize("compressor", [{"compressor": "none"}, {"compressor": "topk", "level": 4}],
+@pytest.mark.parametrize("compressor", [{"compressor": "none"},
+                                        pytest.param({"compressor": "topk", "level": 4}, marks=pytest.mark.extended)],
                          ids=["none", "topk"])
 def test_a_client_sending_1e30_cannot_wreck_the_model(superlink, tmp_path, compressor):
     _, honest = run(superlink, tmp_path, "honest", compressor)
@@ -135,6 +136,7 @@ def test_a_client_sending_1e30_cannot_wreck_the_model(superlink, tmp_path, compr
     assert len(refusals) == 2 and all(float(n) > 1e29 for n in refusals), outcome.log[-3000:]
 
 
+@pytest.mark.extended  # the partition-claim checks run by default (test_hardening.py, unit tests)
 def test_a_client_that_lies_about_its_partition_is_refused(superlink, tmp_path):
     outcome, folder = run(superlink, tmp_path, "liar", {
         "num-server-rounds": 3, "intercept-rounds": "all", "intercept-clients": "all",

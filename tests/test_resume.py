@@ -73,6 +73,7 @@ def test_interrupted_run_resumes_without_repeating_rounds(tmp_path):
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.extended
 def test_rows_written_after_the_last_checkpoint_are_not_repeated(superlink, tmp_path):
     """Killed after a round's mia.csv / gradinv.csv rows but before its checkpoint: written once."""
     cfg = {**BASE, "compressor": "topk", "level": 2, "mia": True, "mia-samples": 100,

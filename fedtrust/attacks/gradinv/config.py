@@ -16,11 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedtrust.training import MODEL_MODES
+
 OPTIMIZERS = ("adam", "sgd")
 INITS = ("randn", "rand", "zeros")
 COSTS = ("cosine", "layerwise-cosine", "l2")
 LABEL_STRATEGIES = ("given", "infer")
-MODEL_MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from fedtrust.data import load_dataset
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder
-from fedtrust.training import select_device
+from fedtrust.training import MODEL_MODES, select_device
 
 
 def _ints(text: str | None) -> set[int] | None:
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=None)
     parser.add_argument("--tv-weight", type=float, default=None)
     parser.add_argument("--labels", choices=("given", "infer"), default=None)
-    parser.add_argument("--model-mode", choices=("train", "eval"), default=None,
-                        help="default: train, as the app attacks (its clients' FedSGD gradient is a train-mode one)")
+    parser.add_argument("--model-mode", choices=MODEL_MODES, default=None,
+                        help="default: the run's client-model-mode (the mode of its clients' FedSGD gradient)")
     parser.add_argument("--rounds", default="all", help="'all' or comma-separated rounds")
     parser.add_argument("--clients", default="all", help="'all' or comma-separated partition ids")
     parser.add_argument("--device", default="auto")

@@ -156,7 +156,8 @@ class GradInvReport:
                            label=int(labels[int(s["matched"])]), label_inferred=bool(result.label_inferred),
                            attacker=done.attacker, **cells, ssim=round(float(s["ssim"]), 6),
                            psnr=round(float(s["psnr"]), 4), mse=round(float(s["mse"]), 6),
-                           iterations=result.iterations, seconds=round(result.seconds, 3), seed=self.config.seed)
+                           iterations=result.iterations, seconds=round(result.seconds, 3), seed=self.config.seed,
+                           model_mode=self.config.model_mode)
                 for s in result.scores or []]
 
     def _pngs(self, done: Attacked) -> None:
