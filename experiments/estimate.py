@@ -4,7 +4,8 @@ Runs nothing of the sweep. It times, on ``--device``, the three kinds of work a 
 does with the profile's model and each dataset's image shape:
 
 * one iteration of the gradient-inversion attack on as many reconstructions at once as
-  a ``gradinv`` cell runs (clients x attackers x restarts), batched and one by one on a
+  a ``gradinv`` cell runs (clients x objectives x restarts; the adaptive attacker runs two
+  objectives on a compressed update), batched and one by one on a
   CPU (the faster counts, as ``batched="auto"`` picks it), batched on CUDA;
 * one training step (forward, backward, SGD) on a batch of ``batch-size`` images, which
   ``mia`` cells repeat for every batch of every client in every round;
@@ -87,7 +88,9 @@ def time_attack_iteration(profile: Profile, spec, device: torch.device, repeats:
     shape = (spec.channels, spec.image_size, spec.image_size)
     model = _model(str(g["model"]), spec, "cpu")
     model.eval()
-    count = profile.kinds["gradinv"].num_supernodes * len(parse_run_config(g).attackers())
+    # the adaptive attacker optimises its own objective and the naive one (GradInvConfig.naive_start)
+    starts = sum(2 if a == "adaptive" else 1 for a in parse_run_config(g).attackers())
+    count = profile.kinds["gradinv"].num_supernodes * starts
     problems = []
     for i in range(count):
         x, y = torch.rand(1, *shape), torch.tensor([i % spec.num_classes])

@@ -273,7 +273,37 @@ SMOKE = Profile(
     figure_images=3,
 )
 
-PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (SMOKE, PAPER)})
+#: Attack iterations of the cpu profile: where uncompressed SGD's reconstructions have stopped
+#: improving on the ConvNet (``python -m experiments.convergence``; docs/cpu-results/convergence.md).
+CPU_ITERATIONS = 1000
+
+CPU = Profile(
+    name="cpu",
+    description=("A study a 2-core CPU finishes in under 2 hours: the embedded sample (real Fashion-MNIST "
+                 "subset, offline); ConvNet; SGD, PowerSGD rank and Top-K level 1, 2 and 4 (the paper's "
+                 "levels 30 and 50 leave every ConvNet tensor dense, so they are SGD here); 10 "
+                 f"reconstructed images per configuration (10 clients, one image each, round 1), "
+                 f"{CPU_ITERATIONS} attack iterations (where SGD's reconstructions have converged), TV 1e-4, "
+                 "1 restart, both attackers, 95% bootstrap intervals; MIA on models trained by FedAvg for 5 "
+                 "rounds (2 local epochs, 10 clients)."),
+    datasets=("sample",),
+    families=PAPER_FAMILIES,
+    levels=(1, 2, 4),
+    kinds={
+        "gradinv": kind_settings("gradinv", 10, {"model": "convnet", "batch-size": 32,
+                                                 "attack-iterations": CPU_ITERATIONS, "attack-restarts": 1,
+                                                 "tv-weight": 1e-4, "eval-samples": 500}),
+        "mia": kind_settings("mia", 10, {"model": "convnet", "num-server-rounds": 5, "local-epochs": 2,
+                                         "batch-size": 32, "lr": 0.05, "mia-samples": 500}),
+        "update": kind_settings("update", 10, {"model": "convnet", "batch-size": 16, "mia-samples": 200,
+                                               "eval-samples": 500}),
+    },
+    cell_timeout_s=1800.0,
+    gpu_client_share=0.1,
+    figure_images=4,
+)
+
+PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (SMOKE, CPU, PAPER)})
 
 
 @dataclass(frozen=True)

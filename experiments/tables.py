@@ -39,6 +39,7 @@ from experiments.profiles import Algorithm, Cell, dataset_label
 from experiments.store import CellRecord, relative_path
 from experiments.summaries import AttackScore, ImageScore
 from fedtrust.config_keys import BY_KEY
+from fedtrust.stats import auc_interval, balanced_accuracy_interval, bootstrap_mean
 
 ATTACKERS = ("naive", "adaptive")
 #: The paper's three black-box attacks: column label -> fedtrust attack name.
@@ -278,11 +279,38 @@ def _status(found: pd.Series) -> pd.Series:
 
 
 # ------------------------------------------------------------------ Table 1
+def _ci_low(values: pd.Series) -> float:
+    return bootstrap_mean(values.to_numpy(dtype=float)).low
+
+
+def _ci_high(values: pd.Series) -> float:
+    return bootstrap_mean(values.to_numpy(dtype=float)).high
+
+
 def ssim_stats(images: pd.DataFrame) -> pd.DataFrame:
-    """Per cell and attacker: SSIM mean, std (population, ``ddof=0``), n and PSNR mean."""
+    """Per cell and attacker: SSIM mean, its 95% percentile-bootstrap interval
+    (:func:`fedtrust.stats.bootstrap_mean`), std (population, ``ddof=0``), n and PSNR mean."""
     return (images.groupby(["cell", "attacker"], sort=False)
-            .agg(ssim_mean=("ssim", _mean), ssim_std=("ssim", _std), n=("ssim", "size"), psnr_mean=("psnr", _mean))
+            .agg(ssim_mean=("ssim", _mean), ssim_low=("ssim", _ci_low), ssim_high=("ssim", _ci_high),
+                 ssim_std=("ssim", _std), n=("ssim", "size"), psnr_mean=("psnr", _mean))
             .reset_index())
+
+
+def _labels_of(cells: Sequence[Cell]) -> dict[str, str]:
+    """Cell key -> ``attack-labels`` (given or infer) of its run config."""
+    return {c.key: str(c.run_config.get("attack-labels", "given")) for c in cells}
+
+
+#: What each ``attack-labels`` value means, for the captions of the tables that report SSIM.
+LABEL_SENTENCES = {"given": "Labels: the attacker was given the true labels of each client's batch.",
+                   "infer": ("Labels: the attacker inferred them from the update's last layer (iDLG for one "
+                             "image, LLG for a batch), without the true labels.")}
+
+
+def labels_caption(rows: pd.DataFrame) -> str:
+    """The sentence saying whether the attacker was given or inferred the labels (both when mixed)."""
+    used = [v for v in dict.fromkeys(rows.get("labels", pd.Series(dtype=object)).dropna())]
+    return " ".join(LABEL_SENTENCES.get(v, f"Labels: {v}.") for v in used)
 
 
 def table1_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
@@ -293,23 +321,33 @@ def table1_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd
             .merge(cell_frame(gcells, records), on=["dataset", "algorithm"], how="left")
             .merge(ssim_stats(score_frame(gcells, records, ImageScore)), on=["cell", "attacker"], how="left"))
     rows["n"] = rows["n"].fillna(0).astype(int)
+    rows["labels"] = rows["cell"].map(_labels_of(gcells))
     base = rows["ssim_mean"].where(rows["baseline"]).groupby([rows["dataset"], rows["attacker"]]).transform("first")
     rows["pct_of_sgd"] = (100.0 * rows["ssim_mean"] / base).where(base != 0)
     rows["status"] = _status(rows["has_record"])
     return _ints(rows)
 
 
-TABLE1_COLUMNS = ("dataset", "attacker", "algorithm", "family", "level", "label", "ssim_mean", "ssim_std",
-                  "pct_of_sgd", "n", "psnr_mean", "seed", "cell", "run_dir", "status")
+TABLE1_COLUMNS = ("dataset", "attacker", "algorithm", "family", "level", "label", "ssim_mean", "ssim_low",
+                  "ssim_high", "ssim_std", "pct_of_sgd", "n", "psnr_mean", "labels", "seed", "cell", "run_dir",
+                  "status")
 
-TABLE1_STATS = ("Mean", "Std", "% of SGD", "n")
+TABLE1_STATS = ("Mean", "95% CI", "Std", "% of SGD", "n")
+
+
+def _interval(low: pd.Series, high: pd.Series, digits: int) -> pd.Series:
+    """``[low, high]`` per row (``n/a`` where either end is missing)."""
+    return pd.Series([f"[{fmt(lo, digits)}, {fmt(hi, digits)}]" if pd.notna(lo) and pd.notna(hi) else MISSING
+                      for lo, hi in zip(low.astype(float), high.astype(float))], index=low.index)
 
 
 def table1_wide(rows: pd.DataFrame, attacker: str) -> pd.DataFrame:
     """One attacker's block, shown: a row per algorithm label, columns ``(dataset label, statistic)``."""
     block = rows[rows["attacker"] == attacker]
     shown = pd.DataFrame({"label": block["label"], "dataset": block["dataset"],
-                          "Mean": _dec(block["ssim_mean"], 4), "Std": _dec(block["ssim_std"], 4),
+                          "Mean": _dec(block["ssim_mean"], 4),
+                          "95% CI": _interval(block["ssim_low"], block["ssim_high"], 3),
+                          "Std": _dec(block["ssim_std"], 4),
                           "% of SGD": block["pct_of_sgd"].astype(float).map(fmt_pct), "n": block["n"].astype(str)})
     wide = shown.set_index(["label", "dataset"]).unstack("dataset").swaplevel(axis=1)
     datasets = list(dict.fromkeys(rows["dataset"]))
@@ -349,10 +387,11 @@ def table1_tex(rows: pd.DataFrame) -> str:
 
 
 TABLE1_CAPTION = ("Table 1: SSIM between each reconstructed image and its original (gradient inversion of "
-                  "Geiping et al. 2020 on one-image client updates of round 1). Mean and std (population, "
-                  "ddof=0) over the n reconstructed images; % of SGD = mean / Original SGD's mean on the same "
-                  "dataset and attacker. Rows in the paper's order; Top-K level r sends as many values as "
-                  "PowerSGD rank r (*).")
+                  "Geiping et al. 2020 on one-image client updates of round 1). Mean, its 95% percentile-bootstrap "
+                  "interval (10,000 resamples of the n images; with n this small the interval is rough and "
+                  "somewhat too narrow) and std (population, ddof=0) over the n reconstructed images; % of SGD = "
+                  "mean / Original SGD's mean on the same dataset and attacker. Rows in the paper's order; Top-K "
+                  "level r sends as many values as PowerSGD rank r (*).")
 
 
 # ------------------------------------------------------------------ Table 2
@@ -367,7 +406,9 @@ def update_means(attacks: pd.DataFrame) -> pd.DataFrame:
     """Mean metrics of each update attack over every intercepted update of a cell (and the AUC's std)."""
     update = attacks[attacks["scope"] == "update"]
     return (update.groupby(["cell", "attack"], sort=False)
-            .agg(accuracy=("accuracy", _mean), auc=("auc", _mean), tpr_at_1pct_fpr=("tpr_at_1pct_fpr", _mean),
+            .agg(accuracy=("accuracy", _mean), accuracy_low=("accuracy", _ci_low),
+                 accuracy_high=("accuracy", _ci_high), auc=("auc", _mean), auc_low=("auc", _ci_low),
+                 auc_high=("auc", _ci_high), tpr_at_1pct_fpr=("tpr_at_1pct_fpr", _mean),
                  tpr_at_0_1pct_fpr=("tpr_at_0_1pct_fpr", _mean), auc_std=("auc", _std), n=("auc", "size"),
                  members=("members", _int_mean), nonmembers=("nonmembers", _int_mean))
             .reset_index().assign(scope="update"))
@@ -391,6 +432,7 @@ def table2_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd
                 .merge(final_results(attacks).assign(found=True), on=["cell", "attack", "scope"], how="left")
                 .assign(source="blackbox"))
     blackbox["n"] = blackbox["found"].eq(True).astype(int)
+    _candidate_intervals(blackbox)
     update = (grid(algos, dataset=datasets, algorithm=keys, attack=list(UPDATE_MIA.values()))
               .merge(cell_frame(_of_kind(cells, "update"), records), on=["dataset", "algorithm"])
               .drop(columns="test_accuracy")
@@ -402,8 +444,33 @@ def table2_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd
     return _ints(rows.reset_index(drop=True))
 
 
+def _candidate_intervals(rows: pd.DataFrame) -> None:
+    """Add the black-box rows' 95% intervals (in place): the balanced accuracy's normal
+    approximation and the AUC's Hanley-McNeil interval, over the evaluation candidates."""
+    acc = [balanced_accuracy_interval(a, m, n) if f is True else (np.nan, np.nan)
+           for a, m, n, f in zip(rows["accuracy"], rows["members"], rows["nonmembers"], rows["found"])]
+    auc = [auc_interval(a, m, n) if f is True else (np.nan, np.nan)
+           for a, m, n, f in zip(rows["auc"], rows["members"], rows["nonmembers"], rows["found"])]
+    rows["accuracy_low"], rows["accuracy_high"] = [v[0] for v in acc], [v[1] for v in acc]
+    rows["auc_low"], rows["auc_high"] = [v[0] for v in auc], [v[1] for v in auc]
+
+
+def _with_interval(values: pd.Series, low: pd.Series, high: pd.Series, percent: bool, digits: int) -> pd.Series:
+    """``value [low, high]`` per row (percent: x100 with a % on the value), ``n/a`` where missing."""
+    scale = 100.0 if percent else 1.0
+    out = []
+    for v, lo, hi in zip(values.astype(float), low.astype(float), high.astype(float)):
+        if math.isnan(v):
+            out.append(MISSING)
+            continue
+        shown = fmt_pct(scale * v) if percent else fmt(v, digits)
+        out.append(shown if math.isnan(lo) or math.isnan(hi)
+                   else f"{shown} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]")
+    return pd.Series(out, index=values.index)
+
+
 TABLE2_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "source", "attack", "scope", "accuracy",
-                  "auc", "auc_std", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members", "nonmembers", "n",
+                  "accuracy_low", "accuracy_high", "auc", "auc_low", "auc_high", "auc_std", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members", "nonmembers", "n",
                   "round", "test_accuracy", "seed", "cell", "run_dir", "status")
 
 
@@ -433,8 +500,11 @@ class Results:
 
 
 def _paper_block(res: Results) -> pd.DataFrame:
-    columns = {f"{k} MIA": _pct(res.first("accuracy", source="blackbox", attack=a, scope="global"))
-               for k, a in PAPER_MIA.items()}
+    columns = {}
+    for k, a in PAPER_MIA.items():
+        pick = {"source": "blackbox", "attack": a, "scope": "global"}
+        columns[f"{k} MIA"] = _with_interval(res.first("accuracy", **pick), res.first("accuracy_low", **pick),
+                                             res.first("accuracy_high", **pick), percent=True, digits=1)
     columns["Test acc."] = _pct(res.first("test_accuracy", only_ok=False, source="blackbox"))
     return res.shown(columns)
 
@@ -443,7 +513,8 @@ def _roc_block(res: Results) -> pd.DataFrame:
     columns = {}
     for k, a in PAPER_MIA.items():
         pick = {"source": "blackbox", "attack": a, "scope": "global"}
-        columns[f"{k} AUC"] = _dec(res.first("auc", **pick), 3)
+        columns[f"{k} AUC"] = _with_interval(res.first("auc", **pick), res.first("auc_low", **pick),
+                                             res.first("auc_high", **pick), percent=False, digits=3)
         columns[f"{k} TPR@1%"] = _pct(res.first("tpr_at_1pct_fpr", **pick))
         columns[f"{k} TPR@0.1%"] = _pct(res.first("tpr_at_0_1pct_fpr", **pick))
     return res.shown(columns)
@@ -456,7 +527,11 @@ def _per_class_block(res: Results) -> pd.DataFrame:
 
 
 def _update_block(res: Results) -> pd.DataFrame:
-    columns = {f"{k} AUC": _dec(res.first("auc", source="update", attack=a), 3) for k, a in UPDATE_MIA.items()}
+    columns = {}
+    for k, a in UPDATE_MIA.items():
+        pick = {"source": "update", "attack": a}
+        columns[f"{k} AUC"] = _with_interval(res.first("auc", **pick), res.first("auc_low", **pick),
+                                             res.first("auc_high", **pick), percent=False, digits=3)
     columns["regression TPR@1%"] = _pct(res.first("tpr_at_1pct_fpr", source="update", attack=UPDATE_MIA["regression"]))
     columns["n"] = res.first("n", source="update").map(lambda v: "0" if pd.isna(v) else str(int(v)))
     return res.shown(columns)
@@ -504,7 +579,11 @@ def table2_footnotes(rows: pd.DataFrame) -> list[str]:
 
 
 TABLE2_CAPTION = ("Table 2: membership-inference attacks per dataset and algorithm. Black-box attacks query the "
-                  "final global model; update attacks (beyond the paper) see one client's intercepted FedSGD update.")
+                  "final global model; update attacks (beyond the paper) see one client's intercepted FedSGD update. "
+                  "95% intervals in brackets: for the black-box attacks over the evaluation candidates (balanced "
+                  "accuracy: normal approximation with TPR and TNR taken equal; AUC: Hanley & McNeil 1982), so "
+                  "they do not cover a different training run; for the update attacks a percentile bootstrap "
+                  "over the n intercepted client updates.")
 
 
 # ------------------------------------------------------------------ trade-off
@@ -525,12 +604,17 @@ def _final_aucs(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.
 
 
 def _ssim_columns(t1: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset and algorithm: both attackers' SSIM mean and the naive attacker's n."""
+    """Per dataset and algorithm: both attackers' SSIM mean and interval, the naive attacker's n
+    and the labels' provenance."""
     keys = ["dataset", "algorithm"]
-    naive = t1.loc[t1["attacker"] == "naive", [*keys, "ssim_mean", "n"]].rename(
-        columns={"ssim_mean": "ssim_naive", "n": "n_images"})
-    adaptive = t1.loc[t1["attacker"] == "adaptive", [*keys, "ssim_mean"]].rename(columns={"ssim_mean": "ssim_adaptive"})
-    return naive.merge(adaptive, on=keys, how="outer")
+
+    def of(attacker: str) -> pd.DataFrame:
+        part = t1.loc[t1["attacker"] == attacker, [*keys, "ssim_mean", "ssim_low", "ssim_high"]]
+        return part.rename(columns={c: c.replace("ssim_mean", "ssim").replace("ssim", f"ssim_{attacker}")
+                                    for c in part.columns if c.startswith("ssim")})
+
+    naive = of("naive").merge(t1.loc[t1["attacker"] == "naive", [*keys, "n", "labels"]], on=keys)
+    return naive.rename(columns={"n": "n_images"}).merge(of("adaptive"), on=keys, how="outer")
 
 
 def tradeoff_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.DataFrame:
@@ -558,7 +642,8 @@ def tradeoff_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> 
 
 TRADEOFF_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "test_accuracy", "rounds",
                     "uplink_bytes_per_client_round", "dense_bytes_per_client_round", "compression",
-                    "ssim_naive", "ssim_adaptive", "n_images", "mia_auc_prediction", "mia_auc_loss",
+                    "ssim_naive", "ssim_naive_low", "ssim_naive_high", "ssim_adaptive", "ssim_adaptive_low",
+                    "ssim_adaptive_high", "n_images", "labels", "mia_auc_prediction", "mia_auc_loss",
                     "mia_auc_cross_entropy", "seed", "gradinv_cell", "mia_cell", "status")
 
 
@@ -569,7 +654,10 @@ def tradeoff_shown(rows: pd.DataFrame) -> pd.DataFrame:
         "Test acc.": _pct(rows["test_accuracy"]),
         "Uplink / client / round": rows["uplink_bytes_per_client_round"].astype(float).map(fmt_bytes),
         "Compression": rows["compression"].astype(float).map(lambda v: MISSING if math.isnan(v) else f"{v:.1f}x"),
-        "SSIM naive": _dec(rows["ssim_naive"], 4), "SSIM adaptive": _dec(rows["ssim_adaptive"], 4),
+        "SSIM naive": _dec(rows["ssim_naive"], 4),
+        "95% CI": _interval(rows["ssim_naive_low"], rows["ssim_naive_high"], 3),
+        "SSIM adaptive": _dec(rows["ssim_adaptive"], 4),
+        "95% CI ": _interval(rows["ssim_adaptive_low"], rows["ssim_adaptive_high"], 3),
         "MIA AUC (loss)": _dec(rows["mia_auc_loss"], 3)})
 
 
@@ -584,7 +672,7 @@ def tradeoff_tex(rows: pd.DataFrame) -> str:
 TRADEOFF_CAPTION = ("Test accuracy of the model trained by FedAvg (mia cells, final round); uplink = bytes one "
                     "client sends in one round (both PowerSGD all-reduce exchanges; Top-K values + int32 "
                     "indices), compression = dense float32 bytes / uplink; SSIM = mean over the reconstructed "
-                    "images (gradinv cells); MIA AUC = loss attack on the final model, global threshold.")
+                    "images (gradinv cells) with its 95% percentile-bootstrap interval; MIA AUC = loss attack on the final model, global threshold.")
 
 
 # ------------------------------------------------------------------ the tables and their files
@@ -599,12 +687,20 @@ class Table:
     tex: Callable[[pd.DataFrame], str]
     caption: str
     notes: Callable[[pd.DataFrame], list[str]] = lambda rows: []
+    caption_of_rows: Callable[[pd.DataFrame], str] = lambda rows: ""
+
+    def full_caption(self, rows: pd.DataFrame) -> str:
+        """The caption with what depends on the rows (the labels' provenance)."""
+        extra = self.caption_of_rows(rows)
+        return f"{self.caption} {extra}" if extra else self.caption
 
 
-TABLE1 = Table("table1", TABLE1_COLUMNS, table1_frame, table1_markdown, table1_tex, TABLE1_CAPTION)
+TABLE1 = Table("table1", TABLE1_COLUMNS, table1_frame, table1_markdown, table1_tex, TABLE1_CAPTION,
+               caption_of_rows=labels_caption)
 TABLE2 = Table("table2", TABLE2_COLUMNS, table2_frame, table2_markdown, table2_tex, TABLE2_CAPTION,
                table2_footnotes)
-TRADEOFF = Table("tradeoff", TRADEOFF_COLUMNS, tradeoff_frame, tradeoff_markdown, tradeoff_tex, TRADEOFF_CAPTION)
+TRADEOFF = Table("tradeoff", TRADEOFF_COLUMNS, tradeoff_frame, tradeoff_markdown, tradeoff_tex, TRADEOFF_CAPTION,
+                 caption_of_rows=labels_caption)
 
 
 def write_csv(path: Path, rows: pd.DataFrame, columns: Sequence[str]) -> Path:
@@ -624,10 +720,11 @@ def write_table(table: Table, rows: pd.DataFrame, *, out: Path, meta: TableMeta,
     foot, notes = footer(meta, cells, records, defaults), table.notes(rows)
     csv_path = write_csv(out / f"{table.name}.csv", rows, table.columns)
     md_path = out / f"{table.name}.md"
-    md_path.write_text(f"{table.markdown(rows)}\n\n{table.caption}\n\n" + "".join(f"{n}\n\n" for n in notes)
+    caption = table.full_caption(rows)
+    md_path.write_text(f"{table.markdown(rows)}\n\n{caption}\n\n" + "".join(f"{n}\n\n" for n in notes)
                        + "\n".join(f"_{line}_  " for line in foot) + "\n")
     tex_path = out / f"{table.name}.tex"
-    tex_path.write_text("% " + table.caption.replace("\n", " ") + "\n" + "".join(f"% {n}\n" for n in notes)
+    tex_path.write_text("% " + caption.replace("\n", " ") + "\n" + "".join(f"% {n}\n" for n in notes)
                         + "".join(f"% {line}\n" for line in foot) + table.tex(rows) + "\n")
     files = [csv_path, md_path, tex_path, *extra_files]
     json_path = sidecar(meta, cells, records, defaults, out / f"{table.name}.json", files)

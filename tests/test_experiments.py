@@ -41,6 +41,7 @@ from experiments.store import CellRecord, CellStore, FolderLock, read_jsonl
 from experiments.summaries import AttackScore, ImageScore, RoundsSummary, RunSummary
 from experiments.sweep import CellOutcome, Worker, make_workers, run_sweep, visible_gpus
 from experiments.tables import (
+    labels_caption,
     table1_frame,
     table1_markdown,
     table2_frame,
@@ -441,12 +442,16 @@ def test_table1_mean_std_and_percent_of_sgd():
     md = table1_markdown(rows)
     naive = md.split("**Adaptive")[0]
     assert naive.index("Original SGD") < naive.index("PowerSGD (Rank 1)") < naive.index("Top-K SGD (Level 1)*")
-    assert "| PowerSGD (Rank 1) | 0.2000 | 0.0816 | 33.33% | 3 |" in naive
+    assert "| PowerSGD (Rank 1) | 0.2000 | [0.100, 0.300] | 0.0816 | 33.33% | 3 |" in naive
+    # the interval is the percentile bootstrap of the mean: within the values' range, around the mean
+    sgd = get["naive", "sgd"]
+    assert 0.4 - 1e-9 <= sgd["ssim_low"] < sgd["ssim_mean"] < sgd["ssim_high"] <= 0.8 + 1e-9
+    assert sgd["labels"] == "given" and "given the true labels" in labels_caption(rows)
     # a missing cell shows as n/a, not as a number
     rows = table1_frame(cells, {k: v for k, v in records.items() if k != cells[2].key})
     missing = by(rows, "attacker", "algorithm")["naive", "topk1"]
     assert pd.isna(missing["ssim_mean"]) and missing["status"] == "missing"
-    assert "| Top-K SGD (Level 1)* | n/a | n/a | n/a | 0 |" in table1_markdown(rows)
+    assert "| Top-K SGD (Level 1)* | n/a | n/a | n/a | n/a | 0 |" in table1_markdown(rows)
 
 
 def test_table_statistics_are_numpys_to_the_bit():

@@ -184,7 +184,7 @@ def test_label_inference_batch_prefers_the_most_negative_classes():
 # ----------------------------------------------------------------------------- views
 def _view_cost(views, grads, cost="cosine"):
     rec = [apply_view(v.kind, v.params, v.aux, grads) for v in views]
-    return float(gradient_cost(rec, [v.observed for v in views], cost))
+    return float(gradient_cost(rec, [v.observed for v in views], cost, [v.bound for v in views]))
 
 
 @pytest.mark.parametrize("key", list(COMPRESSORS) + ["topk-layer", "powersgd-rank3-local"])

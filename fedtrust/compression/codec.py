@@ -27,7 +27,10 @@ Attacker:
     :meth:`Codec.decode` (the dense update a server decodes from arrays and public
     state: the naive attacker's target) and :meth:`Codec.views` (the linear maps from a
     gradient to what was sent, each with the observed tensor: what the adaptive
-    gradient-inversion attacker and the update membership attack both match).
+    gradient-inversion attacker and the update membership attack both match), and
+    :meth:`Codec.bounds` (what else the server knows: bounds on magnitudes, such as
+    Top-K's "nothing unsent was larger than the smallest value sent", which the adaptive
+    gradient-inversion attacker adds to its cost).
 """
 
 from __future__ import annotations
@@ -210,6 +213,12 @@ class Codec(ABC):
     def views(self, arrays: Mapping[str, np.ndarray],
               public_state: Mapping[str, np.ndarray]) -> list[View]:
         """What was sent as linear maps of a gradient, each with its observed tensor."""
+
+    def bounds(self, arrays: Mapping[str, np.ndarray],
+               public_state: Mapping[str, np.ndarray]) -> list[View]:
+        """What the server knows of the update besides :meth:`views`: bounds on the
+        magnitudes of linear maps of it (views with ``bound=True``); none by default."""
+        return []
 
     # -------------------------------------------------------------- helpers
     @property

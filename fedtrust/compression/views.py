@@ -17,7 +17,19 @@ Kinds
             indices ``aux[0]``;
 ``mq``      ``G Q`` with ``G`` the gradient of ``params[0]`` viewed as ``(shape[0], -1)``
             and ``Q = aux[0]``;
-``mtp``     ``G^T P`` with ``P = aux[0]``.
+``mtp``     ``G^T P`` with ``P = aux[0]``;
+``masked``  the flattened gradients of ``params``, concatenated in order, times the
+            0/1 mask ``aux[0]`` (zero where the mask is 0).
+
+Bounds
+------
+A view with ``bound=True`` is not a measurement but a constraint: every element of its
+transform had a magnitude of at most ``observed`` (a one-element tensor) in the client's
+update. Top-K's selection is such a measurement: a coordinate not sent was no larger in
+magnitude than the smallest one sent (:meth:`fedtrust.compression.codec.Codec.bounds`).
+The gradient-inversion cost (:func:`fedtrust.attacks.gradinv.reconstruct.gradient_cost`)
+compares a dummy with the nearest observation the bound allows; the update membership
+attack uses only the measurements.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import torch
 from torch.func import vmap
 
 #: Transform kinds understood by :func:`apply_view`.
-VIEW_KINDS = ("dense", "gather", "mq", "mtp")
+VIEW_KINDS = ("dense", "gather", "mq", "mtp", "masked")
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,10 @@ class View:
     aux:
         Tensors the transform needs (indices, Q, P-hat).
     observed:
-        The tensor the transform's output is compared with (float32).
+        The tensor the transform's output is compared with (float32); for a bound, the
+        largest magnitude any element of the transform had (one element).
+    bound:
+        Whether ``observed`` bounds the transform's magnitudes rather than equals it.
     """
 
     name: str
@@ -57,16 +72,17 @@ class View:
     params: tuple[str, ...]
     aux: tuple[torch.Tensor, ...]
     observed: torch.Tensor
+    bound: bool = False
 
     def signature(self) -> tuple[Any, ...]:
         """Everything but the values: views with equal signatures can be stacked."""
         return (self.kind, self.params, tuple((tuple(a.shape), a.dtype) for a in self.aux),
-                tuple(self.observed.shape))
+                tuple(self.observed.shape), self.bound)
 
     def to(self, device: torch.device | str) -> View:
         """The view with its tensors on ``device``."""
         return View(self.name, self.kind, self.params, tuple(a.to(device) for a in self.aux),
-                    self.observed.to(device))
+                    self.observed.to(device), self.bound)
 
 
 def apply_view(kind: str, params: tuple[str, ...], aux: tuple[torch.Tensor, ...],
@@ -82,10 +98,10 @@ def apply_view(kind: str, params: tuple[str, ...], aux: tuple[torch.Tensor, ...]
     """
     if kind == "dense":
         return grads[params[0]]
-    if kind == "gather":
+    if kind in ("gather", "masked"):
         flat = torch.cat([grads[n].reshape(-1) for n in params]) if len(params) > 1 \
             else grads[params[0]].reshape(-1)
-        return flat[aux[0]]
+        return flat[aux[0]] if kind == "gather" else flat * aux[0]
     g = grads[params[0]]
     matrix = g.reshape(g.shape[0], -1)
     if kind == "mq":

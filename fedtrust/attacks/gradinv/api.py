@@ -37,7 +37,7 @@ from torch import nn
 from fedtrust.attacks.gradinv.config import GradInvConfig
 from fedtrust.attacks.gradinv.labels import infer_labels
 from fedtrust.attacks.gradinv.reconstruct import Problem, reconstruct_batch
-from fedtrust.attacks.gradinv.targets import ATTACKERS, build_views
+from fedtrust.attacks.gradinv.targets import ATTACKERS, build_views, surrogate_views
 from fedtrust.interception import InterceptedUpdate
 from fedtrust.metrics import score_batch
 from fedtrust.training import model_layout
@@ -135,13 +135,16 @@ def attack(intercepted: InterceptedUpdate, model: nn.Module, config: GradInvConf
         raise ValueError(f"attacker={attacker!r} is not known; allowed: {', '.join(ATTACKERS)}")
     net = copy.deepcopy(model)
     net.load_state_dict(intercepted.global_state)
-    views = build_views(attacker, model_layout(net), decoded=intercepted.decoded, arrays=intercepted.payload,
-                        spec=intercepted.spec, public_state=intercepted.public_state)
+    observed = dict(decoded=intercepted.decoded, arrays=intercepted.payload, spec=intercepted.spec,
+                    public_state=intercepted.public_state)
+    views = build_views(attacker, model_layout(net), **observed)
     if not views:
         raise ValueError("the intercepted update gives the attacker nothing to match")
+    surrogates = surrogate_views(attacker, model_layout(net), views, **observed) if config.naive_start else ()
     label_t = _labels(intercepted, config.label_strategy, labels)
     start = time.perf_counter()
-    (rec,) = reconstruct_batch(net, [Problem(views=tuple(views), labels=label_t)], config=config,
+    problem = Problem(views=tuple(views), labels=label_t, surrogates=surrogates)
+    (rec,) = reconstruct_batch(net, [problem], config=config,
                                dataset=dataset, device=device, progress=progress)
     scores = score_batch(rec.images, ground_truth.detach().cpu().float()) if ground_truth is not None else None
     return GradInvResult(images=rec.images, labels=label_t.clone(), label_inferred=config.label_strategy == "infer", loss=rec.loss,

@@ -76,6 +76,11 @@ class GradInvConfig:
         or one after another. ``"auto"`` batches on CUDA; elsewhere it times one
         step both ways and keeps the faster (on a CPU batching pays off for small
         models and not for ResNet-18; see ``bench/gradinv.py``).
+    naive_start:
+        Whether the adaptive attacker also optimises the naive attacker's objective
+        (the decoded update taken as the gradient) as extra starts, and keeps whichever
+        start its own cost (what was sent, and the codec's bounds) judges best; only
+        where the two objectives differ (:mod:`fedtrust.attacks.gradinv.targets`).
     """
 
     iterations: int = 24_000
@@ -92,6 +97,7 @@ class GradInvConfig:
     cost: str = "cosine"
     label_strategy: str = "given"
     batched: str | bool = "auto"
+    naive_start: bool = True
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -101,7 +107,7 @@ class GradInvConfig:
         _choice("model_mode", self.model_mode, MODEL_MODES)
         if not (isinstance(self.batched, bool) or self.batched == "auto"):
             raise ValueError(f"batched={self.batched!r} is not allowed; allowed: 'auto', True, False")
-        for key in ("lr_decay", "signed", "boxed"):
+        for key in ("lr_decay", "signed", "boxed", "naive_start"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key}={getattr(self, key)!r} must be true or false")
         for key in ("iterations", "restarts", "seed"):

@@ -66,17 +66,22 @@ class Problem:
     Attributes
     ----------
     views:
-        The attacker's views of the update.
+        The attacker's views of the update: the objective, and the judge of every start.
     labels:
         ``(N,)`` int64 labels of the ``N`` images behind it.
+    surrogates:
+        Other objectives (view sets) optimised as further starts; what each reaches is
+        judged by the cost of ``views`` like any start, so a surrogate is kept only
+        where the attacker's own cost prefers it.
     """
 
     views: tuple[View, ...]
     labels: torch.Tensor
+    surrogates: tuple[tuple[View, ...], ...] = ()
 
-    def signature(self) -> tuple[Any, ...]:
-        """Problems with equal signatures can be stacked and vmapped."""
-        return (tuple(v.signature() for v in self.views), tuple(self.labels.shape))
+    def objectives(self) -> tuple[tuple[View, ...], ...]:
+        """The view sets optimised: ``views`` (objective 0), then the surrogates."""
+        return (self.views, *self.surrogates)
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,8 @@ class Reconstruction:
         Gradient-matching cost (without the prior) of ``images``.
     restart:
         Which start it was.
+    objective:
+        Which objective that start optimised (0: the problem's views; ``j``: surrogate ``j``).
     seconds:
         Wall-clock seconds of the optimisation run it was part of.
     iterations:
@@ -106,6 +113,7 @@ class Reconstruction:
     seconds: float
     iterations: int
     batched: bool
+    objective: int = 0
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -116,12 +124,32 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_cost(reconstructed: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
-                  cost: str) -> torch.Tensor:
+                  cost: str, bounded: Sequence[bool] = ()) -> torch.Tensor:
     """Matching cost between the dummy's views and the observed ones.
 
     ``cosine``: Geiping's ``1 - sum_l <r_l, o_l> / (sqrt(sum_l |r_l|^2) sqrt(sum_l |o_l|^2))``;
     ``layerwise-cosine``: ``sum_l (1 - cos(r_l, o_l))``; ``l2``: ``sum_l |r_l - o_l|^2``.
+
+    ``bounded[l]`` marks a bound view: ``observed[l]`` is a threshold ``t`` that every
+    element of the client's ``r_l`` stayed within. Its observation is the nearest one
+    the bound allows, ``o_l = clamp(a r_l, -t, t)``, with ``a`` the ratio of the observed
+    to the dummy's norm over the measured views (the cosine costs are scale-free, so
+    the dummy's gradient is brought to the observation's scale first; ``a = 1`` for
+    ``l2``). At the true image ``o_l = r_l``: a bound adds nothing there, and elsewhere
+    it penalises exactly the coordinates the dummy makes larger than the client's could
+    have been. Departure from Geiping et al.: their attacker has no bounds.
     """
+    flags = tuple(bounded) or (False,) * len(observed)
+    measured = [j for j, b in enumerate(flags) if not b]
+    if len(measured) < len(flags):
+        if cost == "l2":
+            scale = torch.ones((), dtype=reconstructed[0].dtype, device=reconstructed[0].device)
+        else:
+            rec_m = torch.stack([reconstructed[j].pow(2).sum() for j in measured]).sum()
+            obs_m = torch.stack([observed[j].pow(2).sum() for j in measured]).sum()
+            scale = torch.sqrt(obs_m / rec_m.clamp_min(_TINY))
+        observed = [torch.minimum(torch.maximum(scale * r, -o), o) if b else o
+                    for r, o, b in zip(reconstructed, observed, flags)]
     if cost == "l2":
         return torch.stack([(r - o).pow(2).sum() for r, o in zip(reconstructed, observed)]).sum()
     dots = torch.stack([(r * o).sum() for r, o in zip(reconstructed, observed)])
@@ -155,13 +183,15 @@ def attack_model(model: nn.Module, mode: str, device: torch.device
 
 
 def make_objective_grad(net: nn.Module, params: dict[str, torch.Tensor], consts: dict[str, torch.Tensor],
-                        transforms: Sequence[tuple[str, tuple[str, ...]]], cost: str,
+                        transforms: Sequence[tuple[str, tuple[str, ...], bool]], cost: str,
                         tv_weight: float) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """``(x, labels, auxes, observed) -> (d objective / d x, gradient cost)`` for one problem.
 
     Written with ``torch.func`` and pure in its arguments, so it can be mapped
-    over stacked problems with ``vmap`` (the batched path).
+    over stacked problems with ``vmap`` (the batched path). ``transforms`` are the
+    views' ``(kind, params, bound)``.
     """
+    bounded = tuple(b for _, _, b in transforms)
 
     def objective(x: torch.Tensor, labels: torch.Tensor, auxes: tuple[tuple[torch.Tensor, ...], ...],
                   observed: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,14 +199,14 @@ def make_objective_grad(net: nn.Module, params: dict[str, torch.Tensor], consts:
             return F.cross_entropy(functional_call(net, (p, consts), (x,)), labels)
 
         grads = grad(loss_of)(params)
-        rec = [apply_view(kind, names, aux, grads) for (kind, names), aux in zip(transforms, auxes)]
-        match = gradient_cost(rec, observed, cost)
+        rec = [apply_view(kind, names, aux, grads) for (kind, names, _), aux in zip(transforms, auxes)]
+        match = gradient_cost(rec, observed, cost, bounded)
         return match + tv_weight * total_variation(x), match
 
     return grad(objective, has_aux=True)
 
 
-def make_autograd_step(net: nn.Module, transforms: Sequence[tuple[str, tuple[str, ...]]], cost: str,
+def make_autograd_step(net: nn.Module, transforms: Sequence[tuple[str, tuple[str, ...], bool]], cost: str,
                        tv_weight: float) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """The same gradient as :func:`make_objective_grad` with plain autograd, for one problem at a time.
 
@@ -187,6 +217,7 @@ def make_autograd_step(net: nn.Module, transforms: Sequence[tuple[str, tuple[str
     named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
     names = [n for n, _ in named]
     plist = [p for _, p in named]
+    bounded = tuple(b for _, _, b in transforms)
 
     def step(x: torch.Tensor, labels: torch.Tensor, auxes: tuple[tuple[torch.Tensor, ...], ...],
              observed: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,8 +225,8 @@ def make_autograd_step(net: nn.Module, transforms: Sequence[tuple[str, tuple[str
         loss = F.cross_entropy(net(dummy), labels[0])
         grads = dict(zip(names, torch.autograd.grad(loss, plist, create_graph=True)))
         rec = [apply_view(kind, pnames, tuple(a[0] for a in aux), grads)
-               for (kind, pnames), aux in zip(transforms, auxes)]
-        match = gradient_cost(rec, [o[0] for o in observed], cost)
+               for (kind, pnames, _), aux in zip(transforms, auxes)]
+        match = gradient_cost(rec, [o[0] for o in observed], cost, bounded)
         (g,) = torch.autograd.grad(match + tv_weight * total_variation(dummy), dummy)
         return g.unsqueeze(0), match.detach().reshape(1)
 
@@ -289,28 +320,39 @@ class _Setup:
     device: torch.device
 
 
-def _stack(problems: Sequence[Problem], chunk: Sequence[tuple[int, int]],
-           device: torch.device) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[Any, ...]]:
+#: One optimisation run of :func:`reconstruct_batch`: (problem, restart, objective).
+_Run = tuple[int, int, int]
+
+
+def _views(problems: Sequence[Problem], run: _Run) -> tuple[View, ...]:
+    return problems[run[0]].objectives()[run[2]]
+
+
+def _signature(problems: Sequence[Problem], run: _Run) -> tuple[Any, ...]:
+    """Runs with equal signatures can be stacked and vmapped."""
+    return (tuple(v.signature() for v in _views(problems, run)), tuple(problems[run[0]].labels.shape))
+
+
+def _stack(problems: Sequence[Problem], chunk: Sequence[_Run],
+           device: torch.device) -> tuple[list[tuple[str, tuple[str, ...], bool]], tuple[Any, ...]]:
     """The view transforms of a group of equal-signature runs and their stacked ``(labels, auxes, observed)``."""
-    first = problems[chunk[0][0]]
-    transforms = [(v.kind, v.params) for v in first.views]
-    labels = torch.stack([problems[i].labels for i, _ in chunk]).to(device)
-    auxes = tuple(tuple(torch.stack([problems[i].views[j].aux[a] for i, _ in chunk]).to(device)
-                        for a in range(len(first.views[j].aux)))
-                  for j in range(len(first.views)))
-    observed = tuple(torch.stack([problems[i].views[j].observed for i, _ in chunk]).to(device)
-                     for j in range(len(first.views)))
+    views = [_views(problems, run) for run in chunk]
+    transforms = [(v.kind, v.params, v.bound) for v in views[0]]
+    labels = torch.stack([problems[i].labels for i, _, _ in chunk]).to(device)
+    auxes = tuple(tuple(torch.stack([vs[j].aux[a] for vs in views]).to(device) for a in range(len(views[0][j].aux)))
+                  for j in range(len(views[0])))
+    observed = tuple(torch.stack([vs[j].observed for vs in views]).to(device) for j in range(len(views[0])))
     return transforms, (labels, auxes, observed)
 
 
-def _run_group(setup: _Setup, problems: Sequence[Problem], chunk: Sequence[tuple[int, int]],
+def _run_group(setup: _Setup, problems: Sequence[Problem], chunk: Sequence[_Run],
                batched: bool | None, bar: tqdm) -> list[Reconstruction]:
-    """Optimise one group of ``(problem, restart)`` runs of equal signature, vectorised or one by one."""
+    """Optimise one group of runs of equal signature, vectorised or one by one."""
     config = setup.config
     transforms, args = _stack(problems, chunk, setup.device)
     num = int(problems[chunk[0][0]].labels.shape[0])
     x0 = torch.stack([initial_images(config, k, (num, *setup.image_shape), setup.low, setup.high)
-                      for _, k in chunk]).to(setup.device)
+                      for _, k, _ in chunk]).to(setup.device)
     single = make_autograd_step(setup.net, transforms, config.cost, config.tv_weight)
     vectorised = vmap(make_objective_grad(setup.net, setup.params, setup.consts, transforms, config.cost,
                                           config.tv_weight))
@@ -329,8 +371,16 @@ def _run_group(setup: _Setup, problems: Sequence[Problem], chunk: Sequence[tuple
         torch.cuda.synchronize(setup.device)
     seconds = time.perf_counter() - start
     return [Reconstruction(images=img, loss=float(c), restart=k, seconds=seconds, iterations=config.iterations,
-                           batched=bool(use_vmap))
-            for (_, k), img, c in zip(chunk, images.cpu(), costs.cpu().tolist())]
+                           batched=bool(use_vmap), objective=o)
+            for (_, k, o), img, c in zip(chunk, images.cpu(), costs.cpu().tolist())]
+
+
+def _judge(setup: _Setup, problem: Problem, rec: Reconstruction) -> Reconstruction:
+    """``rec`` (a surrogate's start) with its loss replaced by the problem's own matching cost."""
+    transforms, args = _stack([problem], [(0, rec.restart, 0)], setup.device)
+    step = make_autograd_step(setup.net, transforms, setup.config.cost, 0.0)
+    _, cost = step(rec.images.unsqueeze(0).to(setup.device), *args)
+    return dataclasses.replace(rec, loss=float(cost[0]))
 
 
 def _to_pixels(rec: Reconstruction, dataset: DatasetSpec) -> Reconstruction:
@@ -343,10 +393,11 @@ def _to_pixels(rec: Reconstruction, dataset: DatasetSpec) -> Reconstruction:
 def reconstruct_batch(model: nn.Module, problems: Sequence[Problem], *, config: GradInvConfig,
                       dataset: DatasetSpec, device: torch.device | None = None,
                       progress: bool = True) -> list[Reconstruction]:
-    """Invert every problem (with ``config.restarts`` starts each); return the best start of each.
+    """Invert every problem (with ``config.restarts`` starts of each of its objectives); return
+    the start of each problem whose matching cost (of its ``views``) is lowest.
 
-    Independent ``(problem, restart)`` runs whose problems have equal signatures are
-    stacked and optimised together (see the module docstring).
+    Independent ``(problem, restart, objective)`` runs of equal signature are stacked
+    and optimised together (see the module docstring).
 
     Parameters
     ----------
@@ -378,16 +429,19 @@ def reconstruct_batch(model: nn.Module, problems: Sequence[Problem], *, config: 
                    image_shape=(dataset.channels, dataset.image_size, dataset.image_size),
                    low=(0.0 - mean) / std, high=(1.0 - mean) / std, device=device)
     batched = use_batching(config, device)
-    # Every (problem, restart) pair is one independent run; stack those of equal signature.
-    groups: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
-    for i in range(len(problems)):
-        for k in range(config.restarts):
-            groups.setdefault(problems[i].signature(), []).append((i, k))
+    # Every (problem, restart, objective) is one independent run; stack those of equal signature.
+    groups: dict[tuple[Any, ...], list[_Run]] = {}
+    for i, problem in enumerate(problems):
+        for o in range(len(problem.objectives())):
+            for k in range(config.restarts):
+                groups.setdefault(_signature(problems, (i, k, o)), []).append((i, k, o))
     best: dict[int, Reconstruction] = {}
-    with torch.enable_grad(), tqdm(total=config.iterations * len(problems) * config.restarts, desc="gradinv",
+    runs = sum(len(chunk) for chunk in groups.values())
+    with torch.enable_grad(), tqdm(total=config.iterations * runs, desc="gradinv",
                                    disable=not progress, leave=False) as bar:
         for chunk in groups.values():
-            for (i, _), cand in zip(chunk, _run_group(setup, problems, chunk, batched, bar)):
+            for (i, _, o), cand in zip(chunk, _run_group(setup, problems, chunk, batched, bar)):
+                cand = _judge(setup, problems[i], cand) if o else cand
                 if i not in best or cand.loss < best[i].loss:
                     best[i] = cand
     return [_to_pixels(best[i], dataset) for i in range(len(problems))]

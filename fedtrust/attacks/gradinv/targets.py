@@ -14,7 +14,16 @@ Two attackers are modelled:
     The server knows the compressor, as a real one does, and compares the dummy
     only with what was actually sent: the codec's views
     (:meth:`fedtrust.compression.codec.Codec.views`; each codec module's docstring
-    says what they are for its compressor).
+    says what they are for its compressor), and with what the protocol tells it
+    besides: the codec's bounds (:meth:`~fedtrust.compression.codec.Codec.bounds`;
+    Top-K: nothing unsent was larger than the smallest value sent), which the cost
+    turns into the nearest observation the bounds allow
+    (:func:`fedtrust.attacks.gradinv.reconstruct.gradient_cost`). Its views leave what
+    was not sent free, which can leave the optimisation badly constrained (Top-K at
+    level 1 sends 19 of the ConvNet's first-layer coordinates); so it also optimises the
+    naive objective as extra starts (:func:`surrogate_views`) and keeps whichever start
+    its own cost judges best. Both criteria are computed from what the server holds;
+    the true image is used for scoring only.
 
 With error feedback the residual of earlier rounds is part of what the client
 sent (``M = update + residual``); the attack matches it as it is. Round 1 (no
@@ -23,7 +32,7 @@ residual yet) is the paper's setting.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -34,7 +43,7 @@ from fedtrust.compression.views import View, apply_view, as_tensor
 
 ATTACKERS = ("naive", "adaptive")
 
-__all__ = ["ATTACKERS", "View", "apply_view", "build_views", "decode_views", "naive_views"]
+__all__ = ["ATTACKERS", "View", "apply_view", "build_views", "decode_views", "naive_views", "surrogate_views"]
 
 
 def naive_views(update: Mapping[str, torch.Tensor | np.ndarray], layout: Layout) -> list[View]:
@@ -84,4 +93,25 @@ def build_views(attacker: str, layout: Layout, *, decoded: Mapping[str, torch.Te
         return naive_views(decoded, layout)
     if arrays is None or spec is None:
         raise ValueError("the adaptive attacker needs the payload the client sent and its compressor spec")
-    return get_codec(spec, layout).views(arrays, dict(public_state or {}))
+    codec = get_codec(spec, layout)
+    public = dict(public_state or {})
+    return codec.views(arrays, public) + codec.bounds(arrays, public)
+
+
+def surrogate_views(attacker: str, layout: Layout, views: Sequence[View], *,
+                    decoded: Mapping[str, torch.Tensor] | None = None,
+                    arrays: Mapping[str, np.ndarray] | None = None,
+                    spec: CompressorSpec | Mapping[str, Any] | None = None,
+                    public_state: Mapping[str, np.ndarray] | None = None) -> tuple[tuple[View, ...], ...]:
+    """Other objectives the attacker optimises besides ``views`` (its own).
+
+    The adaptive attacker also runs the naive objective (the decoded update taken as
+    the gradient) where it differs from its own; the naive attacker has no others.
+    """
+    if attacker != "adaptive":
+        return ()
+    naive = build_views("naive", layout, decoded=decoded, arrays=arrays, spec=spec, public_state=public_state)
+    same = len(naive) == len(views) and all(
+        a.signature() == b.signature() and torch.equal(a.observed, b.observed)
+        and all(torch.equal(x, y) for x, y in zip(a.aux, b.aux)) for a, b in zip(naive, views))
+    return () if same else (tuple(naive),)

@@ -49,6 +49,10 @@ a gradient viewed as ``(n, m)``:
   ``p (q^T Q)``: since ``p = orth(M Q)`` spans the columns of ``M Q``,
   ``M Q = p p^T M Q = p (q^T Q)``, which the server can compute.
 
+Bounds: none. Everything the server learns of ``M`` from PowerSGD is linear (``M Q`` and
+``M^T P_hat``) and already a view; unlike Top-K's selection, nothing about what was not
+sent is implied by what was (the residual ``M - P_hat Q^T`` is unconstrained).
+
 A public ``Q/{name}`` that is not orthonormal (a warm start kept before ``orth``) is
 orthogonalised as the client does; an orthonormal one is used as it is (re-running QR
 could flip its columns' signs).

@@ -13,6 +13,14 @@ Views (what the adaptive attacker and the update membership attack match): the d
 tensors as sent, and the gradient gathered at the sent ``indices`` (``scope="global"``:
 positions in the concatenation of the flattened compressible tensors, in layout
 order; ``"layer"``: per tensor) against the sent ``values``.
+
+Bounds (what the adaptive attacker adds, :meth:`TopKCodec.bounds`): the selection itself
+is a measurement. Every coordinate that was not sent had a magnitude of at most the
+smallest sent one, so the gradient outside the sent indices is bounded by
+``t = min |values|`` (per index array). Without this, matching only the sent values
+leaves the unsent coordinates free (level 1 sends 2,067 of the grey-image ConvNet's
+65,994 values, the biases among them), and the attack can settle on images whose unsent gradient is far larger than
+the client's could have been.
 """
 
 from __future__ import annotations
@@ -260,3 +268,23 @@ class TopKCodec(Codec):
         return views + [View(f"values/{n}", "gather", (n,),
                              (as_tensor(arrays[f"indices/{n}"], torch.int64).reshape(-1),),
                              as_tensor(arrays[f"values/{n}"]).reshape(-1)) for n in sparse]
+
+    def bounds(self, arrays: Mapping[str, np.ndarray],
+               public_state: Mapping[str, np.ndarray]) -> list[View]:
+        """Top-K's selection is a measurement too: every coordinate not sent had a magnitude
+        of at most the smallest magnitude sent (over all compressible tensors for
+        ``scope="global"``, per tensor for ``"layer"``). One ``masked`` bound view per
+        index array: the gradient outside the sent indices, at most that threshold."""
+        sizes = {n: math.prod(s) for n, s in self.layout}
+        sparse = [n for n, _ in self.layout if f"dense/{n}" not in arrays]
+        groups = {"": tuple(sparse)} if self.scope == "global" else {f"/{n}": (n,) for n in sparse}
+        out = []
+        for suffix, names in groups.items():
+            values = as_tensor(arrays[f"values{suffix}"]).reshape(-1)
+            mask = torch.ones(sum(sizes[n] for n in names))
+            mask[as_tensor(arrays[f"indices{suffix}"], torch.int64).reshape(-1)] = 0.0
+            if values.numel() == 0 or not bool(mask.any()):
+                continue
+            out.append(View(f"unsent{suffix}", "masked", names, (mask,),
+                            values.abs().min().reshape(1), bound=True))
+        return out
