@@ -275,7 +275,7 @@ SMOKE = Profile(
 
 #: Attack iterations of the cpu profile: where uncompressed SGD's reconstructions have stopped
 #: improving on the ConvNet (``python -m experiments.convergence``; docs/cpu-results/convergence.md).
-CPU_ITERATIONS = 1000
+CPU_ITERATIONS = 500
 
 CPU = Profile(
     name="cpu",
