@@ -746,3 +746,28 @@ def test_a_forced_cell_keeps_its_result_until_the_new_run_succeeds(scenario):
     assert new.run_dir != old.run_dir and new.ok and new.run_path(out).is_dir()
     assert not old_dir.exists()
     assert (out / "figure1.png").stat().st_size > 100
+
+
+def test_table1_with_given_labels_beside_inferred_ones(tmp_path):
+    """The caption says which labels a Table 1 used, and compare_labels puts the two sweeps side by side
+    (refusing a file whose cells used the other setting)."""
+    from experiments import compare_labels
+    from experiments.tables import TABLE1, write_csv
+
+    algos = parse_algorithms("sgd,topk1", ())
+    files = {}
+    for setting, overrides, shift in (("given", (), 0.0), ("infer", ("gradinv:attack-labels='infer'",), 0.1)):
+        cells = smoke_cells(("gradinv",), algos=algos, overrides=overrides)
+        records = {c.key: fake_record(c, ssim={"naive": [0.5 - shift, 0.7 - shift], "adaptive": [0.8, 0.9]})
+                   for c in cells}
+        rows = table1_frame(cells, records)
+        assert set(rows["labels"]) == {setting}
+        assert ("given the true labels" if setting == "given" else "inferred them") in TABLE1.full_caption(rows)
+        files[setting] = write_csv(tmp_path / f"{setting}.csv", rows, TABLE1.columns)
+    argv = ["--given", str(files["given"]), "--inferred", str(files["infer"]), "--out", str(tmp_path)]
+    assert compare_labels.main(argv) == 0
+    text = (tmp_path / "table1_labels.md").read_text()
+    assert "naive, labels given | naive, labels inferred | adaptive, labels given | adaptive, labels inferred" in text
+    assert "| Original SGD | 0.600 [0.500, 0.700] | 0.500 [0.400, 0.600] | 0.850 [0.800, 0.900] |" in text
+    with pytest.raises(ValueError, match="attack-labels"):
+        compare_labels.main(["--given", str(files["infer"]), "--inferred", str(files["infer"]), "--out", str(tmp_path)])

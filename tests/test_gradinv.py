@@ -377,7 +377,7 @@ def test_train_mode_batchnorm_matches_the_clients_train_mode_gradient():
     problem = dense_problem(model, grad, y)
     args = (y[None], tuple(tuple(a[None] for a in v.aux) for v in problem.views),
             tuple(v.observed[None] for v in problem.views))
-    transforms = [(v.kind, v.params) for v in problem.views]
+    transforms = [v.transform for v in problem.views]
     costs = {}
     for mode in ("train", "eval"):
         net, _, _ = attack_model(model, mode, CPU)

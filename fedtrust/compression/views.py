@@ -79,6 +79,11 @@ class View:
         return (self.kind, self.params, tuple((tuple(a.shape), a.dtype) for a in self.aux),
                 tuple(self.observed.shape), self.bound)
 
+    @property
+    def transform(self) -> tuple[str, tuple[str, ...], bool]:
+        """``(kind, params, bound)``: what the attack's step functions need to know of the view."""
+        return (self.kind, self.params, self.bound)
+
     def to(self, device: torch.device | str) -> View:
         """The view with its tensors on ``device``."""
         return View(self.name, self.kind, self.params, tuple(a.to(device) for a in self.aux),

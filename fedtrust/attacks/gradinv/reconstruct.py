@@ -337,7 +337,7 @@ def _stack(problems: Sequence[Problem], chunk: Sequence[_Run],
            device: torch.device) -> tuple[list[tuple[str, tuple[str, ...], bool]], tuple[Any, ...]]:
     """The view transforms of a group of equal-signature runs and their stacked ``(labels, auxes, observed)``."""
     views = [_views(problems, run) for run in chunk]
-    transforms = [(v.kind, v.params, v.bound) for v in views[0]]
+    transforms = [v.transform for v in views[0]]
     labels = torch.stack([problems[i].labels for i, _, _ in chunk]).to(device)
     auxes = tuple(tuple(torch.stack([vs[j].aux[a] for vs in views]).to(device) for a in range(len(views[0][j].aux)))
                   for j in range(len(views[0])))
