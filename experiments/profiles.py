@@ -251,6 +251,22 @@ PAPER = Profile(
     figure_images=3,
 )
 
+def convnet_kinds(clients: int, iterations: int, mia_rounds: int) -> dict[str, dict[str, Any]]:
+    """The run settings of the CPU-sized profiles (ConvNet on the embedded sample), per kind of cell:
+    ``clients`` clients (one reconstructed image each), ``iterations`` attack iterations, and
+    FedAvg for ``mia_rounds`` rounds of 2 local epochs for the black-box MIA."""
+    return {
+        "gradinv": kind_settings("gradinv", clients, {"model": "convnet", "batch-size": 32,
+                                                      "attack-iterations": iterations, "attack-restarts": 1,
+                                                      "tv-weight": 1e-4, "eval-samples": 500}),
+        "mia": kind_settings("mia", clients, {"model": "convnet", "num-server-rounds": mia_rounds,
+                                              "local-epochs": 2, "batch-size": 32, "lr": 0.05,
+                                              "mia-samples": 500}),
+        "update": kind_settings("update", clients, {"model": "convnet", "batch-size": 16, "mia-samples": 200,
+                                                    "eval-samples": 500}),
+    }
+
+
 SMOKE = Profile(
     name="smoke",
     description=("CPU smoke test: the embedded sample (real Fashion-MNIST subset, offline); ConvNet; SGD, "
@@ -260,14 +276,7 @@ SMOKE = Profile(
     datasets=("sample",),
     families=PAPER_FAMILIES,
     levels=(1, 4),
-    kinds={
-        "gradinv": kind_settings("gradinv", 3, {"model": "convnet", "batch-size": 32, "attack-iterations": 300,
-                                                "attack-restarts": 1, "tv-weight": 1e-4, "eval-samples": 500}),
-        "mia": kind_settings("mia", 3, {"model": "convnet", "num-server-rounds": 3, "local-epochs": 2,
-                                        "batch-size": 32, "lr": 0.05, "mia-samples": 500}),
-        "update": kind_settings("update", 3, {"model": "convnet", "batch-size": 16, "mia-samples": 200,
-                                              "eval-samples": 500}),
-    },
+    kinds=convnet_kinds(clients=3, iterations=300, mia_rounds=3),
     cell_timeout_s=1800.0,
     gpu_client_share=0.25,
     figure_images=3,
@@ -289,15 +298,7 @@ CPU = Profile(
     datasets=("sample",),
     families=PAPER_FAMILIES,
     levels=(1, 2, 4),
-    kinds={
-        "gradinv": kind_settings("gradinv", 10, {"model": "convnet", "batch-size": 32,
-                                                 "attack-iterations": CPU_ITERATIONS, "attack-restarts": 1,
-                                                 "tv-weight": 1e-4, "eval-samples": 500}),
-        "mia": kind_settings("mia", 10, {"model": "convnet", "num-server-rounds": 5, "local-epochs": 2,
-                                         "batch-size": 32, "lr": 0.05, "mia-samples": 500}),
-        "update": kind_settings("update", 10, {"model": "convnet", "batch-size": 16, "mia-samples": 200,
-                                               "eval-samples": 500}),
-    },
+    kinds=convnet_kinds(clients=10, iterations=CPU_ITERATIONS, mia_rounds=5),
     cell_timeout_s=1800.0,
     gpu_client_share=0.1,
     figure_images=4,
