@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import json
 import platform
+import re
 import sys
 import time
 import types
@@ -321,6 +322,10 @@ class RunFolder:
     def intercepted_file(self, server_round: int, partition_id: int) -> Path:
         return self.intercepted_dir / f"round{server_round}_client{partition_id}.pt"
 
+    def global_state_file(self, server_round: int) -> Path:
+        """The global weights of ``server_round``, written once and shared by its intercepted updates."""
+        return self.intercepted_dir / f"global_round{server_round}.pt"
+
     def write_config(self, config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json``: the resolved config, versions, command line and time."""
         blob = {
@@ -383,12 +388,9 @@ class RunFolder:
         dropped: dict[str, int] = {}
         for path in sorted(self.path.glob("*.csv")):
             dropped[path.name] = _drop_rows_after(path, last_round)
-        for path in self.intercepted_dir.glob("round*_client*.pt"):
-            try:
-                server_round = int(path.name[len("round"):].split("_", 1)[0])
-            except ValueError:
-                continue
-            if server_round > last_round:
+        for path in self.intercepted_dir.glob("*round*.pt"):
+            match = re.fullmatch(r"(?:round(\d+)_client\d+|global_round(\d+))\.pt", path.name)
+            if match and int(match.group(1) or match.group(2)) > last_round:
                 path.unlink()
         return dropped
 

@@ -4,7 +4,8 @@ For each round in ``intercept-rounds`` (and the attack round) and each chosen cl
 :class:`Interceptor` builds the :class:`fedtrust.interception.InterceptedUpdate` the
 server sees (payload of every exchange, decoded update, global weights, training
 config, compressor spec and public state; batch indices for scoring only), saves it as
-``intercepted/round{R}_client{P}.pt`` and hands it to the attackers. An attacker that
+``intercepted/round{R}_client{P}.pt`` (the round's global weights once, in
+``intercepted/global_round{R}.pt``) and hands it to the attackers. An attacker that
 fails does not stop the training: its error is logged and kept, and the run ends as
 failed (the errors are checkpointed, so this holds after a resume too).
 """
@@ -57,7 +58,8 @@ class Interceptor:
                 payload=reply.payload, decoded=reply.decoded, global_state=state,
                 train_config=self.train_config(reply), compressor=self.spec.to_dict(),
                 public_state=reply.public_state, batch_indices=reply.batch_indices)
-            path = item.save(self.folder.intercepted_file(server_round, reply.partition_id))
+            path = item.save(self.folder.intercepted_file(server_round, reply.partition_id),
+                             global_state_file=self.folder.global_state_file(server_round))
             log(INFO, "round %d: intercepted client %d -> %s", server_round, reply.partition_id, path)
             self._attack(item)
 
