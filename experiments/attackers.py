@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from experiments.profiles import SMOKE, Algorithm
-from experiments.tables import latex, markdown
+from experiments.tables import latex
 from fedtrust.attacks.gradinv import GradInvConfig, Problem, reconstruct_batch
 from fedtrust.attacks.gradinv.targets import build_views, surrogate_views
 from fedtrust.compression import get_codec
@@ -58,6 +58,7 @@ from fedtrust.config_keys import defaults
 from fedtrust.data.loading import denormalize, load_dataset, normalize
 from fedtrust.data.photos import photos
 from fedtrust.data.specs import DatasetSpec
+from fedtrust.markdown import markdown
 from fedtrust.metrics import score_batch
 from fedtrust.models import get_model
 from fedtrust.records import append_rows, read_rows

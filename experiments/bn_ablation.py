@@ -36,12 +36,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from experiments.tables import latex, markdown
+from experiments.tables import latex
 from fedtrust.attacks.gradinv import GradInvConfig, Problem, reconstruct_batch
 from fedtrust.attacks.gradinv.targets import naive_views
 from fedtrust.data.loading import normalize
 from fedtrust.data.photos import photos
 from fedtrust.data.specs import get_spec
+from fedtrust.markdown import markdown
 from fedtrust.metrics import score_batch
 from fedtrust.models import get_model
 from fedtrust.stats import bootstrap_mean

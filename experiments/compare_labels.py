@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.tables import MISSING, latex, markdown
+from experiments.tables import MISSING, latex
+from fedtrust.markdown import markdown
 
 SETTINGS = ("given", "inferred")
 

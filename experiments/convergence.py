@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from experiments.attackers import client_images, invert, observe
 from experiments.profiles import Algorithm
-from experiments.tables import markdown
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.data.loading import load_dataset, normalize
+from fedtrust.markdown import markdown
 from fedtrust.metrics import score_batch
 from fedtrust.models import get_model
 from fedtrust.stats import bootstrap_mean

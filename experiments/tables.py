@@ -39,6 +39,7 @@ from experiments.profiles import Algorithm, Cell, dataset_label
 from experiments.store import CellRecord, relative_path
 from experiments.summaries import AttackScore, ImageScore
 from fedtrust.config_keys import BY_KEY
+from fedtrust.markdown import markdown
 from fedtrust.stats import auc_interval, balanced_accuracy_interval, bootstrap_mean
 
 ATTACKERS = ("naive", "adaptive")
@@ -180,15 +181,6 @@ def _pct(values: pd.Series) -> pd.Series:
 
 def _dec(values: pd.Series, digits: int) -> pd.Series:
     return values.astype(float).map(lambda v: fmt(v, digits))
-
-
-def markdown(frame: pd.DataFrame, header: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table of a frame of strings (``header``: the titles, default its columns)."""
-    header = [str(h) for h in (frame.columns if header is None else header)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    if not frame.empty:
-        lines += ("| " + frame.astype(str).agg(" | ".join, axis=1) + " |").tolist()
-    return "\n".join(lines)
 
 
 def latex(frame: pd.DataFrame, labels: int = 2) -> str:

@@ -23,6 +23,7 @@ from fedtrust.config import ConfigError, RunConfig, config_differences, parse_ru
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
 from fedtrust.records import RunFolder
+from fedtrust.run_report import write_report
 from fedtrust.training import evaluate, model_layout, select_device, server_step
 from strategies.checkpoint import load_checkpoint
 from strategies.compressed_fedavg import CompressedFedAvg
@@ -170,6 +171,17 @@ def finish_reports(cfg: RunConfig, train, strategy: CompressedFedAvg, final_stat
         log(INFO, "membership inference: %s", mia.csv_path)
 
 
+def write_run_report(folder: RunFolder) -> Path | None:
+    """``report.md`` and ``report.png`` of the finished run; a failure to draw them is logged, not fatal
+    (the results are in the run folder's CSVs, and ``python -m fedtrust.run_report`` rebuilds the page)."""
+    try:
+        return write_report(folder)
+    except Exception as err:  # noqa: BLE001 - the run's results are already written
+        log(WARNING, "fedtrust report of %s failed (%s: %s); rebuild it with python -m fedtrust.run_report",
+            folder.path, type(err).__name__, err)
+        return None
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config."""
@@ -197,8 +209,11 @@ def main(grid: Grid, context: Context) -> None:
                             num_rounds=cfg.num_server_rounds, timeout=cfg.round_timeout,
                             evaluate_fn=make_evaluate_fn(cfg, model))
     finish_reports(cfg, train, strategy, result.arrays.to_torch_state_dict(), report, mia)
+    page = write_run_report(folder)
     folder.mark_finished(strategy.attack_errors)
     if strategy.attack_errors:
         raise RuntimeError(f"training finished ({folder.path}) but {len(strategy.attack_errors)} attack(s) "
                            "failed: " + "; ".join(strategy.attack_errors))
     log(INFO, "fedtrust run finished: %s", folder.path)
+    if page is not None:
+        log(INFO, "fedtrust report: %s", page)
