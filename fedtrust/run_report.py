@@ -28,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from fedtrust.compression.registry import codec_class
 from fedtrust.markdown import markdown
 from fedtrust.records import GRADINV_CSV, MIA_CSV, GradInvRow, MIARow, RunFolder, gradinv_png, read_rows
 
@@ -62,10 +63,11 @@ def rounds_frame(folder: RunFolder) -> pd.DataFrame:
 
 def _setting(folder: RunFolder) -> str:
     cfg = folder.read_config()
-    algo = cfg["compressor"] if cfg["compressor"] == "none" else f"{cfg['compressor']} level {cfg['level']}"
-    return (f"{cfg['model']} on `{cfg['dataset']}`, {cfg['local-mode']}, update compression: {algo}; "
-            f"{cfg['num-server-rounds']} rounds, seed {cfg['seed']}; attack: {cfg['attack']} "
-            f"(round {cfg['attack-round']}, {cfg['attack-iterations']} iterations), membership inference: "
+    algo = codec_class(cfg["compressor"]).label(int(cfg["level"]))
+    attack = (cfg["attack"] if cfg["attack"] == "none" else
+              f"{cfg['attack']} (round {cfg['attack-round']}, {cfg['attack-iterations']} iterations)")
+    return (f"{cfg['model']} on `{cfg['dataset']}`, {cfg['local-mode']}, algorithm: {algo}; "
+            f"{cfg['num-server-rounds']} rounds, seed {cfg['seed']}; attack: {attack}, membership inference: "
             f"{'on' if cfg['mia'] else 'off'}")
 
 
