@@ -39,7 +39,7 @@ from experiments.profiles import Algorithm, Cell, dataset_label
 from experiments.store import CellRecord, relative_path
 from experiments.summaries import AttackScore, ImageScore
 from fedtrust.config_keys import BY_KEY
-from fedtrust.markdown import markdown
+from fedtrust.markdown import MISSING, fmt_bytes, markdown
 from fedtrust.stats import auc_interval, balanced_accuracy_interval, bootstrap_mean
 
 ATTACKERS = ("naive", "adaptive")
@@ -51,7 +51,6 @@ BLACKBOX_SCOPES = ("global", "per_class")
 #: Update attacks (beyond the paper): column label -> fedtrust attack name.
 UPDATE_MIA = {"cosine": "update_cosine", "cosine (aware)": "update_cosine_aware",
               "loss drop": "update_loss_drop", "regression": "update_regression"}
-MISSING = "n/a"
 
 MIA_FOOTNOTE = ("Prediction MIA = the true-class softmax confidence (Shokri et al. 2017), Loss MIA = the "
                 "cross-entropy loss (Yeom et al. 2018), Cross-Entropy MIA = the modified entropy Mentr of "
@@ -162,16 +161,6 @@ def fmt(value: float | None, digits: int = 4) -> str:
 def fmt_pct(value: float | None, digits: int = 2) -> str:
     """A percentage (already x100) with a ``%`` sign, or :data:`MISSING`."""
     return MISSING if value is None or math.isnan(value) else f"{value:.{digits}f}%"
-
-
-def fmt_bytes(value: float | None) -> str:
-    """Bytes in MB, kB or B, or :data:`MISSING`."""
-    if value is None or math.isnan(value):
-        return MISSING
-    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{value:.0f} B"
 
 
 def _pct(values: pd.Series) -> pd.Series:

@@ -93,17 +93,16 @@ class InterceptedUpdate:
         blob["batch_indices"] = (None if self.batch_indices is None
                                  else torch.from_numpy(np.asarray(self.batch_indices, dtype=np.int64)))
         copies = _copies_in_payload(self.decoded, blob["payload"])
-        blob["decoded"] = {k: v.detach().cpu() for k, v in self.decoded.items() if k not in copies}
+        blob["decoded"] = _cpu({k: v for k, v in self.decoded.items() if k not in copies})
         blob["decoded_in_payload"] = copies
-        state = {k: v.detach().cpu() for k, v in self.global_state.items()}
         if global_state_file is None:
-            blob["global_state"] = state
+            blob["global_state"] = _cpu(self.global_state)
         else:
             shared = Path(global_state_file)
             if shared.parent.resolve() != path.parent.resolve():
                 raise ValueError(f"global_state_file {shared} must be in the folder of {path}")
             if not shared.exists():
-                _write_new({"round": self.round, "global_state": state}, shared, overwrite=True)
+                _write_new({"round": self.round, "global_state": _cpu(self.global_state)}, shared, overwrite=True)
             blob["global_state"] = None
             blob["global_state_file"] = shared.name
         blob["format_version"] = FORMAT_VERSION
@@ -133,6 +132,10 @@ class InterceptedUpdate:
         if blob["batch_indices"] is not None:
             blob["batch_indices"] = blob["batch_indices"].numpy()
         return cls(**blob)
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in tensors.items()}
 
 
 def _copies_in_payload(decoded: dict[str, torch.Tensor], payload: dict[str, torch.Tensor]) -> dict[str, str]:

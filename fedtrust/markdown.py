@@ -1,10 +1,15 @@
-"""GitHub-flavoured Markdown tables of pandas frames (the run report's and the experiments' tables)."""
+"""Text of tables: GitHub-flavoured Markdown of pandas frames and the cell formats shared by the run
+report and the experiments' tables."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pandas as pd
+
+#: What a table shows for a value that was not measured.
+MISSING = "n/a"
 
 
 def markdown(frame: pd.DataFrame, header: Sequence[str] | None = None) -> str:
@@ -14,3 +19,13 @@ def markdown(frame: pd.DataFrame, header: Sequence[str] | None = None) -> str:
     if not frame.empty:
         lines += ("| " + frame.astype(str).agg(" | ".join, axis=1) + " |").tolist()
     return "\n".join(lines)
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Bytes in MB, kB or B, or :data:`MISSING`."""
+    if value is None or math.isnan(value):
+        return MISSING
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.1f} {unit}"
+    return f"{value:.0f} B"

@@ -29,8 +29,18 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from fedtrust.compression.registry import codec_class
-from fedtrust.markdown import markdown
-from fedtrust.records import GRADINV_CSV, MIA_CSV, GradInvRow, MIARow, RunFolder, gradinv_png, read_rows
+from fedtrust.markdown import fmt_bytes, markdown
+from fedtrust.records import (
+    GRADINV_CSV,
+    MIA_CSV,
+    GradInvRow,
+    MIARow,
+    RoundRow,
+    RunFolder,
+    csv_columns,
+    gradinv_png,
+    read_rows,
+)
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
@@ -41,19 +51,12 @@ ATTACKER_ORDER = ("naive", "adaptive")
 def _rows(path: Path, row_type: type) -> pd.DataFrame:
     """A results CSV as a frame (no rows when the run did not write it)."""
     rows = read_rows(path, row_type) if path.exists() else []
-    return pd.DataFrame([asdict(r) for r in rows], columns=[f for f in row_type.__dataclass_fields__])
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n:,.0f} B"
+    return pd.DataFrame([asdict(r) for r in rows], columns=list(csv_columns(row_type)))
 
 
 def rounds_frame(folder: RunFolder) -> pd.DataFrame:
     """Per round: test accuracy, accepted clients and the mean uplink bytes a client sent."""
-    rounds = pd.read_csv(folder.rounds_csv) if folder.rounds_csv.exists() else pd.DataFrame()
+    rounds = _rows(folder.rounds_csv, RoundRow)
     if rounds.empty:
         return pd.DataFrame(columns=["round", "test_accuracy", "clients", "client_uplink_bytes", "compression"])
     clients = rounds["clients"].clip(lower=1)
@@ -85,7 +88,7 @@ def report_markdown(folder: RunFolder) -> str:
             "round": rounds["round"].astype(int).astype(str),
             "test accuracy": rounds["test_accuracy"].map(lambda a: "-" if pd.isna(a) else f"{a:.3f}"),
             "clients": rounds["clients"].astype(int).astype(str),
-            "uplink per client": rounds["client_uplink_bytes"].map(_bytes),
+            "uplink per client": rounds["client_uplink_bytes"].map(fmt_bytes),
             "dense / sent": rounds["compression"].map(lambda c: f"{c:,.1f}x")})
         parts.append(markdown(shown))
         parts += ["", "Uplink: the bytes of the arrays each accepted client sent, as the server measured them "
