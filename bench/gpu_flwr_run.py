@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.keep or Path(tempfile.mkdtemp(prefix="fedtrust-gpu-check-"))
     run_config = {"model": "resnet18", "dataset": "sample", "num-server-rounds": 2, "compressor": "powersgd",
                   "level": 4, "client-model-mode": "eval", "device": "auto", "attack": "gradinv",
-                  "attacker": "both", "attack-iterations": args.iterations, "output-dir": str(out),
+                  "attacker": "both", "attack-iterations": args.iterations, "mia": False, "output-dir": str(out),
                   "run-name": RUN_NAME}
     started = time.monotonic()
     with LocalSuperLink() as link:

@@ -216,11 +216,11 @@ PAPER_MODEL_MODE = {"client-model-mode": "eval"}
 KIND_BASE = MappingProxyType({
     "gradinv": {"local-mode": "fedsgd", "num-server-rounds": 1, "attack": "gradinv", "attack-round": 1,
                 "attack-clients": "all", "attack-images": 1, "attacker": "both", "attack-labels": "given",
-                "intercept-rounds": "1", "intercept-clients": "none"},
+                "intercept-rounds": "1", "intercept-clients": "none", "mia": False},
     "mia": {"local-mode": "fedavg", "mia": True, "intercept-rounds": "none", "intercept-clients": "none",
-            "eval-samples": 0},
+            "eval-samples": 0, "attack": "none"},
     "update": {"local-mode": "fedsgd", "num-server-rounds": 1, "mia": True, "intercept-rounds": "1",
-               "intercept-clients": "all"},
+               "intercept-clients": "all", "attack": "none"},
 })
 
 

@@ -252,8 +252,9 @@ def _check_relations(cfg: RunConfig, check_paths: bool = True) -> None:
     _need(cfg.attack_round <= cfg.num_server_rounds, "attack-round", cfg.attack_round,
           f"a round in 1..{cfg.num_server_rounds} (num-server-rounds)")
     if cfg.attack != "none" and cfg.local_mode == "fedavg":
-        raise ConfigError("attack='gradinv' needs local-mode='fedsgd' (the paper's threat model: "
-                          "one gradient of one batch); got local-mode='fedavg'")
+        raise ConfigError("attack='gradinv' (the default) needs local-mode='fedsgd' (the paper's threat model: "
+                          "one gradient of one batch); got local-mode='fedavg': add attack='none' to train "
+                          "with FedAvg")
     cfg.intercepted_rounds()
     _selects(cfg.intercept_clients, "intercept-clients", 0)
     if not cfg.attacks_every_client:

@@ -196,7 +196,7 @@ _SELECTION = "`all`, `none` or comma-separated integers like `\"{}\"`"
 #: The run-config keys, in the order of ``pyproject.toml``.
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     # federation
-    ConfigKey("num-server-rounds", 3, ">= 1", "federated rounds", check=lambda v: v >= 1),
+    ConfigKey("num-server-rounds", 60, ">= 1", "federated rounds", check=lambda v: v >= 1),
     ConfigKey("seed", 42, "0..4294967295 (2^32-1)",
               "seeds the initial model, partitions, batches and the compressor's shared randomness "
               "(PowerSGD's Q)", check=lambda v: 0 <= v <= MAX_SEED, int_max=MAX_SEED),
@@ -205,7 +205,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("min-clients", 2, ">= 1",
               "nodes needed to start a round, and usable replies needed to step the model", check=lambda v: v >= 1),
     # model and data
-    ConfigKey("model", "resnet18", MODEL_NAMES,
+    ConfigKey("model", "convnet", MODEL_NAMES,
               "ResNet-18 for small images (Geiping et al. 2020: 3x3 stride-1 stem, no max-pool, "
               "11.2 M parameters) or a small ConvNet"),
     ConfigKey("dataset", "sample", ", ".join(f"`{n}`" for n in DATASET_NAMES), "see \"Data\"", check=_is_dataset),
@@ -217,7 +217,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               When("partitioner", ("iid",), negate=True), check=lambda v: v > 0),
     ConfigKey("num-partitions", 0, ">= 0", "0: one partition per SuperNode (`num-partitions` of the node config)",
               check=lambda v: v >= 0),
-    ConfigKey("eval-samples", 0, ">= 0",
+    ConfigKey("eval-samples", 500, ">= 0",
               "test images for the server's evaluation each round (0: the whole test split)", check=lambda v: v >= 0),
     ConfigKey("eval-batch-size", 256, ">= 1", "batch size of that evaluation", check=lambda v: v >= 1),
     ConfigKey("device", "auto", "`auto`, `cpu`, `cuda`, `cuda:N`", "`auto`: CUDA when there is a GPU",
@@ -240,7 +240,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "server step: `w -= server-lr * lr * mean gradient` (FedSGD), `w -= server-lr * mean delta` (FedAvg)",
               check=lambda v: v > 0),
     # compression
-    ConfigKey("compressor", "none", codec_names, "update compression: one codec each (see \"Compression\")"),
+    ConfigKey("compressor", "powersgd", codec_names, "update compression: one codec each (see \"Compression\")"),
     ConfigKey("level", 1, ">= 1", "PowerSGD rank r; Top-K \"level r\" = as many values as PowerSGD rank r sends",
               _COMPRESSOR, check=lambda v: v >= 1),
     ConfigKey("powersgd-mode", "allreduce", functools.partial(codec_option_choices, "powersgd-mode"),
@@ -251,7 +251,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("error-feedback", True, "bool", "add the residual of earlier rounds to the next update", _COMPRESSOR),
     # interception and outputs
     ConfigKey("intercept-rounds", "1", _SELECTION.format("1,3"), "rounds whose updates the server intercepts"),
-    ConfigKey("intercept-clients", "0", _SELECTION.format("0,2"), "partition ids of the intercepted clients"),
+    ConfigKey("intercept-clients", "all", _SELECTION.format("0,2"), "partition ids of the intercepted clients"),
     ConfigKey("output-dir", "~/fedtrust-runs", "a folder",
               "where run folders go (a relative path is relative to the SuperLink's working folder; prefer absolute)",
               check=lambda v: v.strip() != ""),
@@ -272,7 +272,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
               "what happens to an update above that bound: refused (counted in `rejected`) or scaled down to it "
               "(counted in `clipped`)"),
     # gradient inversion
-    ConfigKey("attack", "none", ("none", "gradinv"),
+    ConfigKey("attack", "gradinv", ("none", "gradinv"),
               "gradient inversion of the intercepted updates (see \"Gradient inversion\"); "
               "needs `local-mode = \"fedsgd\"`"),
     ConfigKey("attack-round", 1, "1..`num-server-rounds`",
@@ -289,17 +289,18 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("attack-labels", "given", ("given", "infer"),
               "labels known to the attacker (Geiping et al.) or inferred from the last layer's gradient "
               "(iDLG; a bias-corrected count for batches)", _ATTACK),
-    ConfigKey("attack-iterations", 24000, ">= 1",
-              "optimisation steps per reconstruction (24,000 is the paper's scale; use a few hundred on a CPU)",
+    ConfigKey("attack-iterations", 500, ">= 1",
+              "optimisation steps per reconstruction (the paper: 24,000 on ResNet-18; 500 is where a ConvNet's "
+              "reconstructions stop improving, docs/cpu-results/convergence.md)",
               _ATTACK, check=lambda v: v >= 1),
     ConfigKey("attack-restarts", 1, ">= 1", "independent starts; the one with the lowest matching loss is kept",
               _ATTACK, check=lambda v: v >= 1),
     ConfigKey("tv-weight", 0.0001, ">= 0", "weight of the total-variation prior", _ATTACK, check=lambda v: v >= 0),
     # membership inference
-    ConfigKey("mia", False, "bool",
+    ConfigKey("mia", True, "bool",
               "membership inference: update attacks on every intercepted FedSGD update of 2 or more samples, "
               "black-box attacks on the final model (see \"Membership inference\")"),
-    ConfigKey("mia-samples", 1000, ">= 2",
+    ConfigKey("mia-samples", 500, ">= 2",
               "at most this many members and as many non-members in the black-box attacks",
               When("mia", (False,), negate=True), check=lambda v: v >= 2),
 )

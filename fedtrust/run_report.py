@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from fedtrust.compression.registry import codec_class
@@ -46,6 +47,8 @@ REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
 #: Attackers in the order the figure's rows show them.
 ATTACKER_ORDER = ("naive", "adaptive")
+#: Rows of the report's training table before it shows evenly spaced rounds only.
+MAX_ROUND_ROWS = 12
 
 
 def _rows(path: Path, row_type: type) -> pd.DataFrame:
@@ -62,6 +65,17 @@ def rounds_frame(folder: RunFolder) -> pd.DataFrame:
     clients = rounds["clients"].clip(lower=1)
     return rounds.assign(client_uplink_bytes=rounds["uplink_bytes"] / clients,
                          compression=rounds["dense_bytes"] / rounds["uplink_bytes"].clip(lower=1))
+
+
+def shown_rounds(rounds: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """At most about ``max_rows`` rounds for the report's table: evenly spaced ones from the first,
+    the last, and every round in which a client was refused or failed (never hidden)."""
+    if len(rounds) <= max_rows:
+        return rounds
+    step = -(-len(rounds) // (max_rows - 1))
+    position = pd.Series(range(len(rounds)), index=rounds.index)
+    keep = (position % step == 0) | (position == len(rounds) - 1) | (rounds["rejected"] > 0) | (rounds["failed"] > 0)
+    return rounds[keep]
 
 
 def _setting(folder: RunFolder) -> str:
@@ -84,15 +98,22 @@ def report_markdown(folder: RunFolder) -> str:
     if rounds.empty:
         parts.append("No round finished.")
     else:
+        picked = shown_rounds(rounds, MAX_ROUND_ROWS)
         shown = pd.DataFrame({
-            "round": rounds["round"].astype(int).astype(str),
-            "test accuracy": rounds["test_accuracy"].map(lambda a: "-" if pd.isna(a) else f"{a:.3f}"),
-            "clients": rounds["clients"].astype(int).astype(str),
-            "uplink per client": rounds["client_uplink_bytes"].map(fmt_bytes),
-            "dense / sent": rounds["compression"].map(lambda c: f"{c:,.1f}x")})
+            "round": picked["round"].astype(int).astype(str),
+            "test accuracy": picked["test_accuracy"].map(lambda a: "-" if pd.isna(a) else f"{a:.3f}"),
+            "clients": picked["clients"].astype(int).astype(str),
+            "refused": picked["rejected"].astype(int).astype(str),
+            "failed": picked["failed"].astype(int).astype(str),
+            "uplink per client": picked["client_uplink_bytes"].map(fmt_bytes),
+            "dense / sent": picked["compression"].map(lambda c: f"{c:,.1f}x")})
         parts.append(markdown(shown))
+        if len(picked) < len(rounds):
+            parts += ["", f"{len(picked)} of {len(rounds)} rounds shown (evenly spaced, the last, and every round "
+                          "with a refused or failed client); `rounds.csv` has them all."]
         parts += ["", "Uplink: the bytes of the arrays each accepted client sent, as the server measured them "
-                      "(`rounds.csv`: `uplink_bytes` / `clients`)."]
+                      "(`rounds.csv`: `uplink_bytes` / `clients`). Refused: updates the robust aggregation "
+                      "turned away (see README, \"Robustness\")."]
     parts += ["", "## Gradient inversion", ""]
     if gradinv.empty:
         parts.append("No update was attacked (`attack = \"none\"`).")
@@ -116,7 +137,11 @@ def report_markdown(folder: RunFolder) -> str:
             "balanced accuracy": mia["accuracy"].map("{:.3f}".format), "AUC": mia["auc"].map("{:.3f}".format),
             "members / non-members": mia["members"].astype(str) + " / " + mia["nonmembers"].astype(str)})
         parts.append(markdown(shown))
-        parts += ["", "0.5 is chance; `mia.csv` has the TPR at low false-positive rates."]
+        target = mia["client"].map(lambda c: "the final model" if pd.isna(c) else "an intercepted update")
+        best = mia.assign(target=target).sort_values("auc", ascending=False).groupby("target", sort=False).head(1)
+        parts += ["", "Strongest attack " + "; ".join(f"on {row.target}: {row.attack} ({row.scope}), AUC {row.auc:.3f}"
+                                                  for row in best.itertuples()) + ".",
+                  "0.5 is chance; `mia.csv` has the TPR at low false-positive rates."]
     parts += ["", f"Files: `rounds.csv`, `{GRADINV_CSV}`, `{MIA_CSV}`, `config.json` (every setting and "
                   "package version), `intercepted/` (what the server saw)."]
     return "\n".join(parts) + "\n"
@@ -157,12 +182,16 @@ def report_figure(folder: RunFolder, path: Path, max_images: int = 6) -> Path:
     accuracy = fig.add_subplot(grid[image_rows, : per_row // 2])
     uplink = fig.add_subplot(grid[image_rows, per_row // 2:])
     if not rounds.empty:
-        accuracy.plot(rounds["round"], rounds["test_accuracy"], marker="o")
-        uplink.bar(rounds["round"], rounds["client_uplink_bytes"] / 1e6)
+        accuracy.plot(rounds["round"], rounds["test_accuracy"], marker="o" if len(rounds) <= 20 else None)
+        uplink.plot(rounds["round"], rounds["client_uplink_bytes"] / 1e3, label="sent")
+        uplink.plot(rounds["round"], rounds["dense_bytes"] / rounds["clients"].clip(lower=1) / 1e3, ls="--",
+                    label="uncompressed")
+        uplink.set_yscale("log")
+        uplink.legend(fontsize=7)
         for ax in (accuracy, uplink):
-            ax.set_xticks(rounds["round"].tolist())
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     accuracy.set(xlabel="round", ylabel="test accuracy", title="Global model", ylim=(0.0, 1.0))
-    uplink.set(xlabel="round", ylabel="MB per client", title="Uplink")
+    uplink.set(xlabel="round", ylabel="kB per client", title="Uplink")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path

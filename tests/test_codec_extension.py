@@ -101,7 +101,7 @@ def test_no_file_of_the_app_knows_the_toy() -> None:
 def test_a_toy_codec_in_one_module_runs_a_simulation_with_both_attackers(tmp_path: Path) -> None:
     cfg = {"compressor": "evenk", "model": "convnet", "num-server-rounds": 2, "eval-samples": 200,
            "intercept-rounds": "1", "intercept-clients": "all", "attack": "gradinv", "attack-clients": "0",
-           "attacker": "both", "attack-iterations": 30,
+           "attacker": "both", "attack-iterations": 30, "mia": False,
            "output-dir": str(tmp_path / "runs"), "run-name": "toy"}
     with toy_codec_installed(), LocalSuperLink() as link:
         outcome = link.run_app(ROOT, run_config=cfg, num_supernodes=2, timeout=600)

@@ -63,7 +63,7 @@ def test_every_key_is_documented_in_readme():
     ({"model": "vgg"}, ["model", "resnet18", "convnet"]),
     ({"dataset": "imagenet"}, ["dataset", "cifar10", "folder:PATH"]),
     ({"data-dir": "/no/such/folder"}, ["data-dir", "/no/such/folder"]),
-    ({"intercept-rounds": "5"}, ["intercept-rounds", "5"]),
+    ({"intercept-rounds": "61"}, ["intercept-rounds", "61"]),
     ({"batch-size": "many"}, ["batch-size", "integer"]),
     ({"lr": -1.0}, ["lr", "> 0"]),
     ({"compresor": "topk"}, ["compresor", "unknown", "compressor"]),
@@ -99,9 +99,10 @@ def test_selection_parsing():
     assert [cfg.intercepts_client(p) for p in range(4)] == [True, False, True, False]
     attack = parse_run_config({"intercept-clients": "none", "attack": "gradinv", "attack-clients": "7"})
     assert attack.intercepts_client(7) and attack.attacks_client(7) and not attack.intercepts_client(0)
-    every = parse_run_config({"intercept-clients": "all"})
+    every = parse_run_config({"intercept-clients": "all", "attack": "none"})
     assert every.intercepts_client(12345) and not every.attacks_client(0)
-    assert parse_run_config({"intercept-rounds": "none"}).intercepted_rounds() == set()
+    assert parse_run_config({"intercept-rounds": "none", "attack": "none"}).intercepted_rounds() == set()
+    assert parse_run_config({"intercept-rounds": "none"}).intercepted_rounds() == {1}  # the attacked round
 
 
 def test_attacking_every_client_does_not_enumerate_a_huge_range():
@@ -157,7 +158,8 @@ def test_every_default_and_every_choice_is_valid():
     parse_run_config(defaults())
     for row in CONFIG_KEYS:
         for choice in row.choices() or ():
-            parse_run_config({row.key: choice}, check_paths=False)
+            fedavg = {"attack": "none"} if (row.key, choice) == ("local-mode", "fedavg") else {}
+            parse_run_config({row.key: choice, **fedavg}, check_paths=False)
         assert row.meaning and row.allowed_text() and row.matters_text(), row.key
 
 
@@ -196,7 +198,9 @@ def test_a_compressor_key_matters_when_its_codec_reads_it(name):
 
 
 def test_general_keys_matter_under_the_documented_conditions():
-    base = defaults()
+    # the defaults run every part (FedSGD, PowerSGD rank 1, gradient inversion, membership inference)
+    assert set(ignored_keys(defaults())) == {"dirichlet-alpha", "local-epochs", "topk-scope"}
+    base = {**defaults(), "compressor": "none", "attack": "none", "mia": False}
     assert set(ignored_keys(base)) == {"dirichlet-alpha", "local-epochs", "level", "powersgd-mode", "topk-scope",
                                        "error-feedback", "attack-round", "attack-clients", "attack-images",
                                        "attacker", "attack-labels", "attack-iterations", "attack-restarts",
@@ -241,14 +245,16 @@ def test_compressor_spec_is_read_by_the_codec():
     assert spec == CompressorSpec(name="powersgd", level=2, error_feedback=True,
                                   options=(("mode", "local"), ("seed", 42)))
     assert parse_run_config({"compressor": "topk", "topk-scope": "layer"}).compressor_spec().option("scope") == "layer"
-    assert parse_run_config({}).compressor_spec() == CompressorSpec(name="none", level=0, error_feedback=False)
+    assert parse_run_config({"compressor": "none"}).compressor_spec() == CompressorSpec(name="none", level=0,
+                                                                                        error_feedback=False)
 
 
 @pytest.mark.parametrize(("raw", "words"), [
     ({"topk-scope": "rows"}, ["topk-scope", "rows", "global", "layer"]),
     ({"device": "gpu"}, ["device", "gpu", "cuda:N"]),
     ({"mia-samples": 1}, ["mia-samples", "1", ">= 2"]),
-    ({"attack": "gradinv", "attack-round": 4}, ["attack-round", "4", "1..3"]),
+    ({"attack": "gradinv", "attack-round": 61}, ["attack-round", "61", "1..60"]),
+    ({"local-mode": "fedavg"}, ["attack='gradinv'", "local-mode='fedsgd'", "attack='none'"]),
     ({"attack-round": 0}, ["attack-round", "0", "1..num-server-rounds"]),
     ({"mia": "yes"}, ["mia", "yes", "true or false"]),
 ])

@@ -59,7 +59,7 @@ def test_tls_deployment_survives_failing_and_dropped_clients(tmp_path):
         run_id = dep.submit(run_config={
             "model": "convnet", "num-server-rounds": 3, "min-clients": 1, "compressor": "powersgd",
             "level": 2, "powersgd-mode": "allreduce", "batch-size": 8, "eval-samples": 200,
-            "round-timeout": 45.0, "intercept-rounds": "1", "intercept-clients": "0",
+            "round-timeout": 45.0, "intercept-rounds": "1", "intercept-clients": "0", "attack": "none", "mia": False,
             "output-dir": str(tmp_path / "runs"), "run-name": "tls"}, superlink=dep.CONNECTION)
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline and not rows_of(folder):

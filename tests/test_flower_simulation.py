@@ -20,7 +20,7 @@ from fedtrust.interception import InterceptedUpdate
 pytestmark = pytest.mark.slow
 
 BASE = {"model": "convnet", "num-server-rounds": 2, "batch-size": 16, "eval-samples": 500,
-        "intercept-rounds": "all", "intercept-clients": "all"}
+        "intercept-rounds": "all", "intercept-clients": "all", "compressor": "none", "attack": "none", "mia": False}
 
 CASES = {
     "none-fedavg": {"compressor": "none", "local-mode": "fedavg", "num-server-rounds": 3, "lr": 0.05},

@@ -89,7 +89,7 @@ def hostile_app(folder: Path, mode: str) -> Path:
 
 
 BASE = {"model": "convnet", "local-mode": "fedavg", "lr": 0.05, "num-server-rounds": 2,
-        "eval-samples": 500, "intercept-rounds": "none"}
+        "eval-samples": 500, "intercept-rounds": "none", "compressor": "none", "attack": "none", "mia": False}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ from experiments.flwr_runner import LocalSuperLink
 pytestmark = pytest.mark.slow
 
 BASE = {"model": "convnet", "num-server-rounds": 2, "batch-size": 16, "eval-samples": 500,
-        "intercept-rounds": "all", "intercept-clients": "all"}
+        "intercept-rounds": "all", "intercept-clients": "all", "attack": "none", "mia": False}
 
 
 def read_rounds(folder: Path) -> list[dict[str, str]]:
