@@ -9,6 +9,7 @@ reused or failed and where every file is.
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
 import time
@@ -91,6 +92,13 @@ def build_parser(script: Script, profiles: Mapping[str, Profile]) -> argparse.Ar
                         help="comma list of GPU indices, one worker each, or 'none' for one CPU worker "
                              "(default: every visible GPU)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds one cell may run (default: the profile's)")
+    ray = parser.add_argument_group("Ray cluster (README: \"Sweeps on a Ray cluster\")")
+    ray.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="run the cells as Ray tasks on this existing cluster (host:6379, ray://host:10001 or auto) "
+                          "instead of local workers; --gpus is then not used")
+    ray.add_argument("--cell-gpus", type=float, default=None,
+                     help="GPUs each cell reserves on the cluster (default: 1 where it has GPUs, else 0)")
+    ray.add_argument("--cell-cpus", type=float, default=1.0, help="CPUs each cell reserves on the cluster (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -124,11 +132,23 @@ def main_for(script: Script, argv: Sequence[str] | None = None, *,
     out = Path(args.out or f"results/{profile.name}").expanduser().resolve()
     command = f"python -m experiments.{script.name}" + (f" {shlex.join(argv)}" if argv else "")
     print(f"{script.name}: profile {profile.name}, {len(cells)} cells, out {out}", flush=True)
+    sweep = functools.partial(run_sweep, cells, out, force=args.force, gpus=gpus,
+                              timeout=args.timeout or profile.cell_timeout_s,
+                              gpu_client_share=profile.gpu_client_share, script=script.name,
+                              progress=not args.no_progress, link_factory=link_factory)
     try:
-        result: SweepResult = run_sweep(cells, out, force=args.force, gpus=gpus,
-                                        timeout=args.timeout or profile.cell_timeout_s,
-                                        gpu_client_share=profile.gpu_client_share, script=script.name,
-                                        progress=not args.no_progress, link_factory=link_factory)
+        if args.ray_address is None:
+            result: SweepResult = sweep()
+        else:
+            from experiments.ray_cells import RayCluster, RayOptions
+
+            try:
+                options = RayOptions(args.ray_address, cell_gpus=args.cell_gpus, cell_cpus=args.cell_cpus)
+            except ValueError as err:
+                parser.error(str(err))
+            with RayCluster(options, out) as cluster:
+                print(cluster.describe(), flush=True)
+                result = sweep(workers=cluster.workers(), link_factory=cluster.link_factory)
     except SweepInterrupted as err:
         print(f"{script.name}: stopped by signal {err.signum}; finished cells are kept in {out / 'cells.jsonl'}, "
               "a rerun continues from there", file=sys.stderr)

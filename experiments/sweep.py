@@ -16,6 +16,7 @@ forced run that fails (or is killed) loses nothing.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import queue
@@ -39,13 +40,20 @@ from experiments.summaries import IncompleteRun, RunSummary, check_config, summa
 # ------------------------------------------------------------------ workers and devices
 @dataclass(frozen=True)
 class Worker:
-    """One sweep worker: a GPU index (``None``: the CPU) and the environment of its SuperLink."""
+    """One sweep worker: a GPU index (``None``: the CPU) and the environment of its SuperLink,
+    or (``remote``) a slot of a Ray cluster whose cells reserve ``cell_cpus`` and ``cell_gpus``
+    there (:mod:`experiments.ray_cells`)."""
 
     index: int
     gpu: int | None
+    remote: bool = False
+    cell_cpus: float = 1.0
+    cell_gpus: float = 0.0
 
     @property
     def label(self) -> str:
+        if self.remote:
+            return f"ray{self.index}"
         return "cpu" if self.gpu is None else f"gpu{self.gpu}"
 
     @property
@@ -71,7 +79,14 @@ def make_workers(gpus: Sequence[int]) -> list[Worker]:
 
 
 def federation_config(worker: Worker, gpu_client_share: float) -> dict[str, Any]:
-    """Extra federation config for a worker: each client's GPU share on a GPU worker."""
+    """Extra federation config for a worker: each client's GPU share on a GPU worker; on a Ray
+    slot also the size of the simulation's own Ray instance (what the cell's task reserved)."""
+    if worker.remote:
+        fed: dict[str, Any] = {"init-args-num-cpus": max(1, math.floor(worker.cell_cpus))}
+        if worker.cell_gpus > 0:
+            fed |= {"init-args-num-gpus": math.ceil(worker.cell_gpus),
+                    "client-resources-num-gpus": float(gpu_client_share)}
+        return fed
     return {} if worker.gpu is None else {"client-resources-num-gpus": float(gpu_client_share)}
 
 
@@ -180,7 +195,7 @@ def ran_record(record: CellRecord, ran: Any, out: Path, seconds: float) -> CellR
     (out / log).write_text(getattr(ran, "log", "") or "")
     return replace(record, run_id=getattr(ran, "run_id", None), flwr_status=ran.status,
                    flwr_details=getattr(ran, "details", ""), log=str(log), finished=_now(),
-                   seconds=round(seconds, 3))
+                   seconds=round(seconds, 3), host=getattr(ran, "host", None) or record.host)
 
 
 def read_result(folder: Path, cell: Cell) -> RunSummary:
@@ -431,7 +446,8 @@ def run_workers(workers: Sequence[Worker], cells: Sequence[Cell], execute: Execu
 def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
               gpus: Sequence[int] | None = None, timeout: float = 3600.0, gpu_client_share: float = 0.1,
               script: str = "sweep", progress: bool = True,
-              link_factory: LinkFactory = default_link_factory, execute: Executor | None = None) -> SweepResult:
+              link_factory: LinkFactory = default_link_factory, execute: Executor | None = None,
+              workers: Sequence[Worker] | None = None) -> SweepResult:
     """Run the cells not yet in ``<out>/cells.jsonl``; return every cell's outcome.
 
     Parameters
@@ -454,13 +470,16 @@ def run_sweep(cells: Sequence[Cell], out: str | Path, *, force: bool = False,
         Show a tqdm bar.
     link_factory, execute:
         The SuperLink per worker and how a cell is run on it (tests substitute both).
+    workers:
+        The workers (default: one per GPU of ``gpus``); a Ray cluster's slots with its
+        ``link_factory`` run the cells on the cluster (:mod:`experiments.ray_cells`).
     """
     out = Path(out).resolve()
     t0 = time.perf_counter()
     with FolderLock(out):
         store = CellStore(out)
         to_run, reused = plan(cells, store, force)
-        workers = make_workers(visible_gpus() if gpus is None else gpus)
+        workers = list(workers) if workers is not None else make_workers(visible_gpus() if gpus is None else gpus)
         result = SweepResult(outcomes=[CellOutcome(c, "reused", store.get(c.key)) for c in reused],
                              workers=[w.label for w in workers])
         execute = execute or cell_executor(out, store, timeout=timeout, gpu_client_share=gpu_client_share,
