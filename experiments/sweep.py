@@ -80,9 +80,11 @@ def make_workers(gpus: Sequence[int]) -> list[Worker]:
 
 def federation_config(worker: Worker, gpu_client_share: float) -> dict[str, Any]:
     """Extra federation config for a worker: each client's GPU share on a GPU worker; on a Ray
-    slot also the size of the simulation's own Ray instance (what the cell's task reserved)."""
+    slot also the size of the simulation's own Ray instance (what the cell's task reserved), in
+    which each client takes one CPU (Flower's default, 2, would not fit a 1-CPU cell)."""
     if worker.remote:
-        fed: dict[str, Any] = {"init-args-num-cpus": max(1, math.floor(worker.cell_cpus))}
+        cpus = max(1, math.floor(worker.cell_cpus))
+        fed: dict[str, Any] = {"init-args-num-cpus": cpus, "client-resources-num-cpus": 1}
         if worker.cell_gpus > 0:
             fed |= {"init-args-num-gpus": math.ceil(worker.cell_gpus),
                     "client-resources-num-gpus": float(gpu_client_share)}
