@@ -28,6 +28,7 @@ from fedtrust.compression import Codec, Compressor, get_codec
 from fedtrust.config import RunConfig, check_data_paths, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
+from fedtrust.privacy import noise_generator
 from fedtrust.training import (
     buffer_state,
     client_seed,
@@ -128,6 +129,9 @@ def train(msg: Message, context: Context) -> Message:
 
     layout = model_layout(model)
     update = {n: result.update[n].float() for n, _ in layout}
+    dp = cfg.client_dp()
+    if dp is not None:  # clipped and noised before the codec: the server never sees the clean update
+        update, _ = dp.privatize(update, noise_generator(cfg.seed, server_round, pid))
     codec = get_codec(cfg.compressor_spec(), layout)
     comp = _compressor(context, codec)
     broadcast = from_record(msg.content[protocol.BROADCAST]) if protocol.BROADCAST in msg.content else {}

@@ -24,6 +24,7 @@ from typing import Any
 
 from fedtrust.compression import CompressorSpec, spec_from_run_config
 from fedtrust.config_keys import BY_KEY, CONFIG_KEYS, MAX_INT, MAX_SEED, ConfigKey
+from fedtrust.privacy import ClientDP
 
 __all__ = ["MAX_INT", "MAX_SEED", "RESUME_FREE_KEYS", "ConfigError", "RunConfig", "check_data_paths",
            "config_differences", "parse_run_config"]
@@ -81,6 +82,10 @@ class RunConfig:
     # robust aggregation (what one client can do to the global model)
     max_norm_ratio: float = _D["max_norm_ratio"]
     max_norm_action: str = _D["max_norm_action"]
+    # defences
+    dp_clip: float = _D["dp_clip"]
+    dp_noise_multiplier: float = _D["dp_noise_multiplier"]
+    dp_delta: float = _D["dp_delta"]
     # gradient inversion (issue: the server reconstructs clients' images)
     attack: str = _D["attack"]
     attack_round: int = _D["attack_round"]
@@ -96,6 +101,12 @@ class RunConfig:
     mia_samples: int = _D["mia_samples"]
 
     # ------------------------------------------------------------------ helpers
+    def client_dp(self) -> ClientDP | None:
+        """The clients' differential-privacy mechanism, or ``None`` when ``dp-clip = 0``."""
+        if self.dp_clip <= 0:
+            return None
+        return ClientDP(clip=self.dp_clip, noise_multiplier=self.dp_noise_multiplier, delta=self.dp_delta)
+
     def compressor_spec(self) -> CompressorSpec:
         """The compressor spec this config selects (the codec reads its own keys)."""
         return spec_from_run_config(self.as_flat_dict())

@@ -191,6 +191,7 @@ def _is_run_name(value: str) -> bool:
 
 _ATTACK = When("attack", ("none",), negate=True)
 _COMPRESSOR = ReadByCompressor()
+_DP = When("dp-clip", (0.0,), negate=True)
 _SELECTION = "`all`, `none` or comma-separated integers like `\"{}\"`"
 
 #: The run-config keys, in the order of ``pyproject.toml``.
@@ -271,6 +272,14 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("max-norm-action", "refuse", ("refuse", "clip"),
               "what happens to an update above that bound: refused (counted in `rejected`) or scaled down to it "
               "(counted in `clipped`)"),
+    # defences
+    ConfigKey("dp-clip", 0.0, "0 (off) or > 0",
+              "client-level differential privacy: each client clips its update to this L2 norm and adds Gaussian "
+              "noise before compression (see \"Defences\")", check=lambda v: v >= 0),
+    ConfigKey("dp-noise-multiplier", 1.0, ">= 0", "the noise's standard deviation, in units of `dp-clip`",
+              _DP, check=lambda v: v >= 0),
+    ConfigKey("dp-delta", 1e-5, "(0, 1)", "the delta at which epsilon is reported (`rounds.csv`: `epsilon`)",
+              _DP, check=lambda v: 0 < v < 1),
     # gradient inversion
     ConfigKey("attack", "gradinv", ("none", "gradinv"),
               "gradient inversion of the intercepted updates (see \"Gradient inversion\"); "

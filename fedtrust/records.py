@@ -64,6 +64,8 @@ class RoundRow:
     buffer_bytes: int
     seconds: float
     clipped: int
+    #: Client-level DP: the largest epsilon (at ``dp-delta``) of any client after this round; empty without DP.
+    epsilon: float | None = None
 
 
 @dataclass(frozen=True)

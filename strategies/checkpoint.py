@@ -2,7 +2,8 @@
 
 ``checkpoint.pt`` holds the round, the global state, the codec's server state (PowerSGD's
 shared and per-client Q), the train-split indices the accepted FedSGD batches used,
-the partitions that took part, the run's partition count and the attack errors so far.
+the partitions that took part, the run's partition count, the attack errors so far and,
+with client-level DP, the rounds each partition took part in.
 It is written to a temporary file and renamed (a crash leaves the last good one), and is
 readable with ``torch.load(weights_only=True)``: tensors, ints, strings and dicts only.
 """
@@ -32,6 +33,8 @@ class Checkpoint:
     partitions_seen: set[int] = field(default_factory=set)
     num_partitions: int = 0
     attack_errors: list[str] = field(default_factory=list)
+    #: Client-level DP: rounds each partition took part in.
+    dp_rounds: dict[int, int] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename)."""
@@ -43,6 +46,7 @@ class Checkpoint:
             "partitions_seen": sorted(int(p) for p in self.partitions_seen),
             "num_partitions": int(self.num_partitions),
             "attack_errors": list(self.attack_errors),
+            "dp_rounds": {int(k): int(v) for k, v in self.dp_rounds.items()},
         }
         tmp = path.with_suffix(".pt.tmp")
         torch.save(blob, tmp)
@@ -56,7 +60,8 @@ class Checkpoint:
                    trained_indices=[t.numpy() for t in blob.get("trained_indices", [])],
                    partitions_seen=set(blob.get("partitions_seen", [])),
                    num_partitions=int(blob.get("num_partitions", 0)),
-                   attack_errors=[str(e) for e in blob.get("attack_errors", [])])
+                   attack_errors=[str(e) for e in blob.get("attack_errors", [])],
+                   dp_rounds={int(k): int(v) for k, v in blob.get("dp_rounds", {}).items()})
 
 
 def load_checkpoint(path: Path) -> dict:

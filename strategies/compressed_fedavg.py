@@ -36,6 +36,7 @@ from flwr.supercore import log
 
 from fedtrust.compression import Layout, get_codec
 from fedtrust.config import RunConfig
+from fedtrust.privacy import PrivacyLedger
 from fedtrust.records import RoundRow, RunFolder
 from fedtrust.robust import NormBound
 from fedtrust.training import server_step
@@ -93,6 +94,9 @@ class CompressedFedAvg(Strategy):
         #: Train-split indices the accepted FedSGD replies trained on, and the partitions that took part.
         self.trained_indices: list[np.ndarray] = []
         self.partitions_seen: set[int] = set()
+        #: Client-level DP's accounting (``None`` without DP).
+        dp = cfg.client_dp()
+        self.ledger = PrivacyLedger(dp) if dp is not None else None
 
     @property
     def attack_errors(self) -> list[str]:
@@ -177,8 +181,8 @@ class CompressedFedAvg(Strategy):
         """Save the global model and the strategy's state after ``server_round``."""
         Checkpoint(round=server_round, global_state=state, codec_state=self.server.state_dict(),
                    trained_indices=self.trained_indices, partitions_seen=self.partitions_seen,
-                   num_partitions=self.checker.num_partitions,
-                   attack_errors=self.interceptor.errors).save(self.run_folder.checkpoint)
+                   num_partitions=self.checker.num_partitions, attack_errors=self.interceptor.errors,
+                   dp_rounds=self.ledger.rounds_of if self.ledger else {}).save(self.run_folder.checkpoint)
 
     def restore(self, path: Path) -> tuple[int, dict[str, torch.Tensor]]:
         """Load a checkpoint; return the first round still to run and the global state.
@@ -193,6 +197,8 @@ class CompressedFedAvg(Strategy):
         self.partitions_seen = ckpt.partitions_seen
         self.checker.num_partitions = ckpt.num_partitions
         self.interceptor.errors = ckpt.attack_errors
+        if self.ledger is not None:
+            self.ledger.rounds_of = dict(ckpt.dp_rounds)
         dropped = self.run_folder.discard_after(ckpt.round)
         if any(dropped.values()):
             log(INFO, "resume: dropped rows written after round %d's checkpoint: %s", ckpt.round,
@@ -228,7 +234,7 @@ class CompressedFedAvg(Strategy):
             state, row = self._round(grid, server_round, num_rounds, state, timeout,
                                      train_config or ConfigRecord(), evaluate_fn)
             result.train_metrics_clientapp[server_round] = MetricRecord(
-                {k: float(v) for k, v in asdict(row).items() if k != "round"})
+                {k: float(v) for k, v in asdict(row).items() if k != "round" and v is not None})
         result.arrays = ArrayRecord(state)
         return result
 
@@ -239,6 +245,8 @@ class CompressedFedAvg(Strategy):
         log(INFO, "")
         log(INFO, "[ROUND %d/%d]", server_round, num_rounds)
         replies, tally = self.train_round(grid, server_round, state, timeout, train_config)
+        # every client whose noised update arrived spent a round of privacy, used or not
+        epsilon = self.ledger.spend(r.partition_id for r in replies) if self.ledger else None
         used, state, clipped = self.settle(server_round, replies, state, tally)
         metrics = evaluate_fn(server_round, ArrayRecord(state)) if evaluate_fn else None
         metrics = metrics or {}
@@ -250,7 +258,8 @@ class CompressedFedAvg(Strategy):
             uplink_bytes=int(sum(r.metrics["uplink-bytes"] for r in used)),
             dense_bytes=int(sum(r.metrics["dense-bytes"] for r in used)),
             buffer_bytes=int(sum(r.metrics["buffer-bytes"] for r in used)),
-            seconds=round(time.perf_counter() - t0, 3), clipped=clipped)
+            seconds=round(time.perf_counter() - t0, 3), clipped=clipped,
+            epsilon=None if epsilon is None else round(epsilon, 4))
         self.run_folder.append_round(row)
         log(INFO, "round %d/%d: test_accuracy=%.4f test_loss=%.4f clients=%d rejected=%d failed=%d clipped=%d "
             "uplink=%d B (dense %d B) in %.1fs", server_round, num_rounds, row.test_accuracy, row.test_loss,

@@ -115,6 +115,27 @@ def check_codec_fits(cfg: RunConfig, layout) -> None:
                           f"model={cfg.model!r}: {err}") from None
 
 
+def check_dp_fits(cfg: RunConfig, model: torch.nn.Module) -> None:
+    """Before round 1: client-level DP covers the update, not BatchNorm's running statistics,
+    which clients send beside it; refuse the pair rather than report a guarantee that is not one."""
+    if cfg.client_dp() is not None and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                           for m in model.modules()):
+        raise ConfigError(f"dp-clip={cfg.dp_clip}: model={cfg.model!r} has BatchNorm, whose running statistics "
+                          "clients send outside the privatized update; use a model without BatchNorm "
+                          "(model='convnet') for client-level DP")
+
+
+def privacy_record(cfg: RunConfig) -> dict | None:
+    """``config.json``'s ``privacy``: the mechanism and the epsilon a client taking part in every round reaches."""
+    dp = cfg.client_dp()
+    if dp is None:
+        return None
+    return {"mechanism": "client-level Gaussian: clip the update's L2 norm, add N(0, (z C)^2) before compression",
+            "clip": dp.clip, "noise_multiplier": dp.noise_multiplier, "delta": dp.delta,
+            "accountant": "Opacus RDP (opacus.accountants.analysis.rdp), sampling rate 1 per round taken part in",
+            "epsilon_all_rounds": dp.epsilon(cfg.num_server_rounds)}
+
+
 def open_run_folder(cfg: RunConfig, run_id: int, model: torch.nn.Module) -> tuple[RunFolder, Path | None, bool]:
     """The run folder, the checkpoint to resume from (or ``None``), and whether the run is already finished.
 
@@ -124,8 +145,11 @@ def open_run_folder(cfg: RunConfig, run_id: int, model: torch.nn.Module) -> tupl
     """
     if not cfg.resume:
         folder = RunFolder.create(cfg.output_dir, run_name(cfg, run_id))
-        folder.write_config(cfg.as_flat_dict(), extra={"run_id": run_id,
-                                                       "num_parameters": sum(p.numel() for p in model.parameters())})
+        extra = {"run_id": run_id, "num_parameters": sum(p.numel() for p in model.parameters())}
+        privacy = privacy_record(cfg)
+        if privacy is not None:
+            extra["privacy"] = privacy
+        folder.write_config(cfg.as_flat_dict(), extra=extra)
         return folder, None, False
     folder = RunFolder.open(cfg.output_dir, cfg.run_name)
     check_resumable(folder, cfg)
@@ -191,6 +215,7 @@ def main(grid: Grid, context: Context) -> None:
     model = get_model(cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels)
     layout = model_layout(model)
     check_codec_fits(cfg, layout)
+    check_dp_fits(cfg, model)
     check_num_partitions(cfg, len(train))
     folder, resume_from, finished = open_run_folder(cfg, context.run_id, model)
     if finished:

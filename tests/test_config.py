@@ -199,15 +199,17 @@ def test_a_compressor_key_matters_when_its_codec_reads_it(name):
 
 def test_general_keys_matter_under_the_documented_conditions():
     # the defaults run every part (FedSGD, PowerSGD rank 1, gradient inversion, membership inference)
-    assert set(ignored_keys(defaults())) == {"dirichlet-alpha", "local-epochs", "topk-scope"}
+    assert set(ignored_keys(defaults())) == {"dirichlet-alpha", "local-epochs", "topk-scope", "dp-noise-multiplier",
+                                             "dp-delta"}
     base = {**defaults(), "compressor": "none", "attack": "none", "mia": False}
     assert set(ignored_keys(base)) == {"dirichlet-alpha", "local-epochs", "level", "powersgd-mode", "topk-scope",
                                        "error-feedback", "attack-round", "attack-clients", "attack-images",
                                        "attacker", "attack-labels", "attack-iterations", "attack-restarts",
-                                       "tv-weight", "mia-samples"}
+                                       "tv-weight", "mia-samples", "dp-noise-multiplier", "dp-delta"}
     busy = {**base, "partitioner": "dirichlet", "local-mode": "fedavg", "attack": "gradinv", "mia": True,
             "compressor": "powersgd"}
-    assert ignored_keys(busy) == ["client-model-mode", "topk-scope"]  # FedAvg: no FedSGD gradient
+    assert ignored_keys(busy) == ["client-model-mode", "topk-scope", "dp-noise-multiplier", "dp-delta"]  # FedAvg
+    assert "dp-delta" not in ignored_keys({**busy, "dp-clip": 1.0})
     assert BY_KEY["mia-samples"].matters_text() == "`mia` is true"
     assert BY_KEY["tv-weight"].matters_text() == "`attack` is not `none`"
     # an unknown compressor (not validated yet) keeps every compressor key

@@ -19,14 +19,19 @@ Kinds
             and ``Q = aux[0]``;
 ``mtp``     ``G^T P`` with ``P = aux[0]``;
 ``masked``  the flattened gradients of ``params``, concatenated in order, times the
-            0/1 mask ``aux[0]`` (zero where the mask is 0).
+            0/1 mask ``aux[0]`` (zero where the mask is 0);
+``dot``     the inner product of the flattened gradients of ``params`` with ``aux[0]``
+            (one value: signSGD's ``sum_i sign(g_i) g_i = ||g||_1``).
 
 Bounds
 ------
-A view with ``bound=True`` is not a measurement but a constraint: every element of its
-transform had a magnitude of at most ``observed`` (a one-element tensor) in the client's
-update. Top-K's selection is such a measurement: a coordinate not sent was no larger in
-magnitude than the smallest one sent (:meth:`fedtrust.compression.codec.Codec.bounds`).
+A view with ``bound=True`` is not a measurement but a constraint on the client's update:
+with a one-element ``observed`` ``t``, every element of its transform had a magnitude of
+at most ``t``; with ``observed`` of shape ``(2, k)``, the ``k`` elements of its flattened
+transform lay between ``observed[0]`` and ``observed[1]`` (either may be infinite).
+Top-K's selection is the first kind (a coordinate not sent was no larger in magnitude
+than the smallest one sent); signSGD's signs (an orthant) and QSGD's levels (an interval
+per coordinate) are the second (:meth:`fedtrust.compression.codec.Codec.bounds`).
 The gradient-inversion cost (:func:`fedtrust.attacks.gradinv.reconstruct.gradient_cost`)
 compares a dummy with the nearest observation the bound allows; the update membership
 attack uses only the measurements.
@@ -43,7 +48,7 @@ import torch
 from torch.func import vmap
 
 #: Transform kinds understood by :func:`apply_view`.
-VIEW_KINDS = ("dense", "gather", "mq", "mtp", "masked")
+VIEW_KINDS = ("dense", "gather", "mq", "mtp", "masked", "dot")
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,8 @@ class View:
         Tensors the transform needs (indices, Q, P-hat).
     observed:
         The tensor the transform's output is compared with (float32); for a bound, the
-        largest magnitude any element of the transform had (one element).
+        largest magnitude any element of the transform had (one element), or the lower
+        and upper limit of each element of the flattened transform (``(2, k)``).
     bound:
         Whether ``observed`` bounds the transform's magnitudes rather than equals it.
     """
@@ -103,9 +109,11 @@ def apply_view(kind: str, params: tuple[str, ...], aux: tuple[torch.Tensor, ...]
     """
     if kind == "dense":
         return grads[params[0]]
-    if kind in ("gather", "masked"):
+    if kind in ("gather", "masked", "dot"):
         flat = torch.cat([grads[n].reshape(-1) for n in params]) if len(params) > 1 \
             else grads[params[0]].reshape(-1)
+        if kind == "dot":
+            return (flat * aux[0]).sum().reshape(1)
         return flat[aux[0]] if kind == "gather" else flat * aux[0]
     g = grads[params[0]]
     matrix = g.reshape(g.shape[0], -1)

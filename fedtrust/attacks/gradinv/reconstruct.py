@@ -123,6 +123,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def nearest_allowed(value: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """The element-wise nearest tensor to ``value`` that a bound view's ``observed`` allows:
+    ``clamp(value, -t, t)`` for a threshold ``t`` (one element), ``clamp(value, lo, hi)`` for
+    limits ``bound = stack(lo, hi)`` of the flattened value."""
+    if bound.numel() == 1:
+        return torch.minimum(torch.maximum(value, -bound), bound)
+    flat = value.reshape(-1)
+    return torch.minimum(torch.maximum(flat, bound[0]), bound[1]).reshape(value.shape)
+
+
 def gradient_cost(reconstructed: Sequence[torch.Tensor], observed: Sequence[torch.Tensor],
                   cost: str, bounded: Sequence[bool] = ()) -> torch.Tensor:
     """Matching cost between the dummy's views and the observed ones.
@@ -131,8 +141,9 @@ def gradient_cost(reconstructed: Sequence[torch.Tensor], observed: Sequence[torc
     ``layerwise-cosine``: ``sum_l (1 - cos(r_l, o_l))``; ``l2``: ``sum_l |r_l - o_l|^2``.
 
     ``bounded[l]`` marks a bound view: ``observed[l]`` is a threshold ``t`` that every
-    element of the client's ``r_l`` stayed within. Its observation is the nearest one
-    the bound allows, ``o_l = clamp(a r_l, -t, t)``, with ``a`` the ratio of the observed
+    element of the client's ``r_l`` stayed within, or (shape ``(2, k)``) the limits
+    ``lo, hi`` of each element. Its observation is the nearest one the bound allows,
+    ``o_l = clamp(a r_l, -t, t)`` or ``clamp(a r_l, lo, hi)``, with ``a`` the ratio of the observed
     to the dummy's norm over the measured views (the cosine costs are scale-free, so
     the dummy's gradient is brought to the observation's scale first; ``a = 1`` for
     ``l2``). At the true image ``o_l = r_l``: a bound adds nothing there, and elsewhere
@@ -148,8 +159,7 @@ def gradient_cost(reconstructed: Sequence[torch.Tensor], observed: Sequence[torc
             rec_m = torch.stack([reconstructed[j].pow(2).sum() for j in measured]).sum()
             obs_m = torch.stack([observed[j].pow(2).sum() for j in measured]).sum()
             scale = torch.sqrt(obs_m / rec_m.clamp_min(_TINY))
-        observed = [torch.minimum(torch.maximum(scale * r, -o), o) if b else o
-                    for r, o, b in zip(reconstructed, observed, flags)]
+        observed = [nearest_allowed(scale * r, o) if b else o for r, o, b in zip(reconstructed, observed, flags)]
     if cost == "l2":
         return torch.stack([(r - o).pow(2).sum() for r, o in zip(reconstructed, observed)]).sum()
     dots = torch.stack([(r * o).sum() for r, o in zip(reconstructed, observed)])

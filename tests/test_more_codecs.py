@@ -1,0 +1,203 @@
+"""QSGD, EF-signSGD and random-K: one codec module each, their bytes, math, views and bounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedtrust.attacks.gradinv.reconstruct import gradient_cost, nearest_allowed
+from fedtrust.compression import CompressorSpec, get_codec
+from fedtrust.compression.base import layout_of
+from fedtrust.compression.bits import pack_signs, pack_uint, packed_size, unpack_signs, unpack_uint
+from fedtrust.compression.codecs.randomk import round_seed
+from fedtrust.compression.rounds import run_round
+from fedtrust.compression.validate import PayloadError, validate_payload
+from fedtrust.compression.views import apply_view
+from fedtrust.models import get_model
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return layout_of(dict(get_model("convnet", 10, 1).named_parameters()))
+
+
+def gradients(layout, n=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [{name: torch.randn(shape, generator=gen) * 0.01 for name, shape in layout} for _ in range(n)]
+
+
+def codec_for(name, level, layout, seed=42):
+    options = (("seed", seed),) if name in ("qsgd", "randomk") else ()
+    return get_codec(CompressorSpec(name=name, level=level, error_feedback=name != "qsgd", options=options), layout)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8])
+def test_packed_integers_round_trip_in_exactly_their_bits(width):
+    values = np.random.default_rng(width).integers(0, 1 << width, 1001).astype(np.uint8)
+    packed = pack_uint(values, width)
+    assert packed.dtype == np.uint8 and packed.size == packed_size(1001, width) == math.ceil(1001 * width / 8)
+    np.testing.assert_array_equal(unpack_uint(packed, 1001, width), values)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_uint(np.array([1 << width]) if width < 8 else np.array([256]), width)
+    signs = np.array([-1.0, 0.0, 2.0, -3.0])
+    np.testing.assert_array_equal(unpack_signs(pack_signs(signs < 0), 4), [-1, 1, 1, -1])
+
+
+def test_bytes_on_the_wire_are_the_packed_arrays(layout):
+    grads = gradients(layout)
+    sizes = [math.prod(s) for _, s in layout]
+    sign = run_round(codec_for("signsgd", 0, layout), grads)[0]
+    assert sum(a.nbytes for a in sign.arrays.values()) == sum(4 + math.ceil(d / 8) for d in sizes)
+    for bits in (1, 4, 8):
+        q = run_round(codec_for("qsgd", bits, layout), grads)[0]
+        assert sum(a.nbytes for a in q.arrays.values()) == sum(4 + math.ceil(d / 8) + math.ceil(d * bits / 8)
+                                                               for d in sizes)
+    topk = run_round(codec_for("topk", 1, layout), grads)[0]
+    randk = run_round(codec_for("randomk", 1, layout), grads)[0]
+    # random-K sends Top-K's values without the indices: the same count of float32 values
+    assert randk.arrays["values"].size == topk.arrays["values"].size
+    dense = sum(a.nbytes for k, a in topk.arrays.items() if k.startswith("dense/"))
+    assert sum(a.nbytes for a in randk.arrays.values()) == dense + 4 * topk.arrays["values"].size
+
+
+def test_signsgd_sends_the_mean_magnitude_and_the_signs_and_keeps_the_rest(layout):
+    codec = codec_for("signsgd", 0, layout)
+    comp = codec.compressor()
+    g = gradients(layout, 1)[0]
+    first = comp.encode(g)
+    decoded = codec.decode(first.arrays, {})
+    for name, _ in layout:
+        expected = torch.where(g[name] < 0, -1.0, 1.0) * g[name].abs().mean()
+        torch.testing.assert_close(decoded[name], expected)
+    second = comp.encode(g)  # error feedback: p = g + (g - decoded)
+    for name, _ in layout:
+        p = 2 * g[name] - decoded[name]
+        torch.testing.assert_close(codec.decode(second.arrays, {})[name],
+                                   torch.where(p < 0, -1.0, 1.0) * p.abs().mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_qsgd_is_unbiased_and_has_as_many_levels_as_its_bits(layout):
+    g = gradients(layout, 1)[0]
+    name = layout[0][0]
+    mean = torch.zeros_like(g[name])
+    draws = 400
+    for seed in range(draws):
+        codec = codec_for("qsgd", 2, layout, seed=seed)
+        mean += codec.decode(codec.compressor().encode(g).arrays, {})[name] / draws
+    spread = g[name].norm() / 3 / math.sqrt(draws)  # one level (||v|| / s) over sqrt(draws)
+    assert float((mean - g[name]).abs().max()) < 5 * float(spread)
+    comp = codec_for("qsgd", 3, layout).compressor()
+    levels = comp.parts(comp.encode(g).arrays, name, layout[0][1])[1]
+    assert comp.levels == 7 and float(levels.max()) <= 7 and float(levels.min()) >= 0
+    with pytest.raises(ValueError, match="1..8"):
+        codec_for("qsgd", 9, layout).compressor()
+
+
+def test_randomk_positions_come_from_the_round_seed_and_are_shared_by_the_round(layout):
+    codec = codec_for("randomk", 1, layout)
+    server = codec.server()
+    first = run_round(codec, gradients(layout), server=server, server_round=1)
+    second = run_round(codec, gradients(layout, seed=1), server=server, server_round=2)
+    assert first[0].public_state["seed"][0] == round_seed(42, 1) != second[0].public_state["seed"][0]
+    support = [{n: (o.decoded[n] != 0) for n, _ in layout} for o in first]
+    name = next(n for n, _ in layout if f"dense/{n}" not in first[0].arrays)
+    assert torch.equal(support[0][name], support[1][name])  # one support: secure aggregation works
+    pos = lambda obs: codec.views(obs.arrays, obs.public_state)[-1].aux[0]
+    assert not torch.equal(pos(first[0]), pos(second[0]))
+    with pytest.raises(ValueError, match="round's seed"):
+        codec.client_step(codec.compressor(), 0, gradients(layout, 1)[0], {})
+
+
+@pytest.mark.parametrize(("name", "level"), [("randomk", 2), ("signsgd", 0), ("qsgd", 4)])
+def test_what_the_attackers_match_holds_for_the_true_gradient(layout, name, level):
+    """Exact codecs: every view of the client's gradient equals what was observed. Every
+    codec: the client's gradient lies within every bound, so a bound costs nothing at the
+    truth, and costs something for another gradient."""
+    codec = codec_for(name, level, layout)
+    grads = gradients(layout)
+    obs = run_round(codec, grads)[0]
+    views, bounds = codec.views(obs.arrays, obs.public_state), codec.bounds(obs.arrays, obs.public_state)
+    if name != "qsgd":  # QSGD's measurement is the (unbiased, noisy) decoded update
+        for v in views:
+            torch.testing.assert_close(apply_view(v.kind, v.params, v.aux, grads[0]).reshape(-1),
+                                       v.observed.reshape(-1), rtol=1e-4, atol=1e-6)
+    assert (len(bounds) > 0) == (name != "randomk")
+    for b in bounds:
+        truth = apply_view(b.kind, b.params, b.aux, grads[0])
+        assert torch.equal(nearest_allowed(truth, b.observed), truth)
+    if bounds:
+        own = [apply_view(v.kind, v.params, v.aux, grads[0]) for v in views + bounds]
+        other = [apply_view(v.kind, v.params, v.aux, grads[1]) for v in views + bounds]
+        observed = [v.observed for v in views + bounds]
+        flags = [False] * len(views) + [True] * len(bounds)
+        truth_cost = float(gradient_cost(own, observed, "cosine", flags))
+        assert truth_cost < float(gradient_cost(other, observed, "cosine", flags)) - 0.05
+        if name == "signsgd":
+            assert truth_cost < 1e-5
+
+
+@pytest.mark.parametrize(("name", "level", "key", "bad", "words"), [
+    ("signsgd", 0, "signs/", lambda a: a[:-1], "shape"),
+    ("signsgd", 0, "scale/", lambda a: -a, "negative"),
+    ("qsgd", 2, "levels/", lambda a: np.concatenate([a, a]), "shape"),
+    ("qsgd", 2, "norm/", lambda a: a.astype(np.float64), "dtype"),
+    ("randomk", 1, "values", lambda a: a[:-1], "shape"),
+])
+def test_a_malformed_packed_payload_is_refused_with_its_reason(layout, name, level, key, bad, words):
+    codec = codec_for(name, level, layout)
+    arrays = dict(run_round(codec, gradients(layout))[0].arrays)
+    target = next(k for k in arrays if k.startswith(key))
+    arrays[target] = bad(arrays[target])
+    with pytest.raises(PayloadError, match=words):
+        validate_payload(arrays, codec)
+
+
+@pytest.fixture(scope="module")
+def simulations(tmp_path_factory):
+    """One Flower run per new codec on the embedded sample: 3 clients, 2 rounds, every update
+    intercepted, both attackers on client 0's round-1 image, membership attacks."""
+    from experiments.flwr_runner import LocalSuperLink
+
+    out = tmp_path_factory.mktemp("runs")
+    base = {"model": "convnet", "num-server-rounds": 2, "batch-size": 8, "eval-samples": 100,
+            "intercept-rounds": "all", "intercept-clients": "all", "attack": "gradinv", "attacker": "both",
+            "attack-clients": "0", "attack-iterations": 30, "mia": True, "mia-samples": 50}
+    cases = {"qsgd": {"compressor": "qsgd", "level": 4}, "signsgd": {"compressor": "signsgd"},
+             "randomk": {"compressor": "randomk", "level": 2}}
+    results = {}
+    with LocalSuperLink() as link:
+        for name, extra in cases.items():
+            cfg = {**base, **extra, "output-dir": str(out), "run-name": name}
+            results[name] = (link.run_app(run_config=cfg, num_supernodes=3, timeout=600), out / name)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qsgd", "signsgd", "randomk"])
+def test_a_simulation_with_each_new_codec_counts_the_packed_bytes_and_runs_both_attackers(simulations, name):
+    import pandas as pd
+
+    from fedtrust.interception import InterceptedUpdate
+
+    outcome, folder = simulations[name]
+    assert outcome.ok, f"{name}: {outcome.status} {outcome.details}\n{outcome.log[-3000:]}"
+    rounds = pd.read_csv(folder / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2] and (rounds["clients"] == 3).all() and (rounds["failed"] == 0).all()
+    for row in rounds.itertuples():
+        items = [InterceptedUpdate.load(p) for p in sorted((folder / "intercepted").glob(f"round{row.round}_*.pt"))]
+        sent = sum(a.nbytes for it in items for a in it.payload.values())
+        assert row.uplink_bytes == sent and row.uplink_bytes < row.dense_bytes / 3
+        for it in items:
+            for key, array in it.payload.items():
+                numel = math.prod(it.decoded[key.split("/", 1)[1]].shape) if "/" in key else None
+                if key.startswith("signs/"):
+                    assert array.dtype == np.uint8 and array.size == math.ceil(numel / 8)
+                if key.startswith("levels/"):
+                    assert array.dtype == np.uint8 and array.size == math.ceil(numel * 4 / 8)
+    attacks = pd.read_csv(folder / "gradinv.csv")
+    assert set(attacks["attacker"]) == {"naive", "adaptive"} and (attacks["compressor"] == name).all()
+    mia = pd.read_csv(folder / "mia.csv")
+    assert mia["client"].notna().any() and mia["client"].isna().any()
