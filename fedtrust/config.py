@@ -75,6 +75,7 @@ class RunConfig:
     # interception and outputs
     intercept_rounds: str = _D["intercept_rounds"]
     intercept_clients: str = _D["intercept_clients"]
+    observe: str = _D["observe"]
     output_dir: str = _D["output_dir"]
     run_name: str = _D["run_name"]
     resume: bool = _D["resume"]
@@ -266,6 +267,9 @@ def _check_relations(cfg: RunConfig, check_paths: bool = True) -> None:
         raise ConfigError("attack='gradinv' (the default) needs local-mode='fedsgd' (the paper's threat model: "
                           "one gradient of one batch); got local-mode='fedavg': add attack='none' to train "
                           "with FedAvg")
+    if cfg.observe == "aggregate" and cfg.attack != "none" and not cfg.attacks_every_client:
+        raise ConfigError(f"observe='aggregate' attacks the round's mean update, one batch of every client's "
+                          f"images: it needs attack-clients='all'; got attack-clients={cfg.attack_clients!r}")
     cfg.intercepted_rounds()
     _selects(cfg.intercept_clients, "intercept-clients", 0)
     if not cfg.attacks_every_client:

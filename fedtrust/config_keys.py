@@ -253,6 +253,10 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     # interception and outputs
     ConfigKey("intercept-rounds", "1", _SELECTION.format("1,3"), "rounds whose updates the server intercepts"),
     ConfigKey("intercept-clients", "all", _SELECTION.format("0,2"), "partition ids of the intercepted clients"),
+    ConfigKey("observe", "client", ("client", "aggregate"),
+              "what the honest-but-curious server sees of an intercepted round: each client's update, or only "
+              "the weighted mean of the round's updates (what secure aggregation leaves it; needs a codec that "
+              "allows it, see \"Defences\")"),
     ConfigKey("output-dir", "~/fedtrust-runs", "a folder",
               "where run folders go (a relative path is relative to the SuperLink's working folder; prefer absolute)",
               check=lambda v: v.strip() != ""),

@@ -42,6 +42,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
 if TYPE_CHECKING:
     from fedtrust.compression.spec import CompressorSpec
 
+#: The ``partition_id`` (and ``client`` in the CSVs) of a round's aggregate: the weighted mean of
+#: its updates, all a server running secure aggregation sees (``observe = "aggregate"``).
+AGGREGATE = -1
+
 #: File names of a run folder's result tables.
 GRADINV_CSV = "gradinv.csv"
 MIA_CSV = "mia.csv"
@@ -322,7 +326,9 @@ class RunFolder:
         return self.path / "intercepted"
 
     def intercepted_file(self, server_round: int, partition_id: int) -> Path:
-        return self.intercepted_dir / f"round{server_round}_client{partition_id}.pt"
+        """``round{R}_client{P}.pt``, or ``round{R}_aggregate.pt`` for the round's mean (``partition_id`` -1)."""
+        who = "aggregate" if partition_id == AGGREGATE else f"client{partition_id}"
+        return self.intercepted_dir / f"round{server_round}_{who}.pt"
 
     def global_state_file(self, server_round: int) -> Path:
         """The global weights of ``server_round``, written once and shared by its intercepted updates."""
@@ -391,7 +397,7 @@ class RunFolder:
         for path in sorted(self.path.glob("*.csv")):
             dropped[path.name] = _drop_rows_after(path, last_round)
         for path in self.intercepted_dir.glob("*round*.pt"):
-            match = re.fullmatch(r"(?:round(\d+)_client\d+|global_round(\d+))\.pt", path.name)
+            match = re.fullmatch(r"(?:round(\d+)_(?:client\d+|aggregate)|global_round(\d+))\.pt", path.name)
             if match and int(match.group(1) or match.group(2)) > last_round:
                 path.unlink()
         return dropped

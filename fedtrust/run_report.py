@@ -32,6 +32,7 @@ from PIL import Image
 from fedtrust.compression.registry import codec_class
 from fedtrust.markdown import fmt_bytes, markdown
 from fedtrust.records import (
+    AGGREGATE,
     GRADINV_CSV,
     MIA_CSV,
     GradInvRow,
@@ -133,7 +134,8 @@ def report_markdown(folder: RunFolder) -> str:
     else:
         shown = pd.DataFrame({
             "attack": mia["attack"], "scope": mia["scope"],
-            "on": mia["client"].map(lambda c: "final model" if pd.isna(c) else f"client {int(c)}'s update"),
+            "on": mia["client"].map(lambda c: "final model" if pd.isna(c) else "the round's aggregate"
+                                    if int(c) == AGGREGATE else f"client {int(c)}'s update"),
             "balanced accuracy": mia["accuracy"].map("{:.3f}".format), "AUC": mia["auc"].map("{:.3f}".format),
             "members / non-members": mia["members"].astype(str) + " / " + mia["nonmembers"].astype(str)})
         parts.append(markdown(shown))

@@ -18,7 +18,7 @@ from flwr.supercore import log
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
 from fedtrust.attacks.mia.report import MIAReport
-from fedtrust.compression import codec_class, get_codec
+from fedtrust.compression import codec_class, codec_names, get_codec, spec_from_run_config
 from fedtrust.config import ConfigError, RunConfig, config_differences, parse_run_config
 from fedtrust.data import load_dataset, partition_indices
 from fedtrust.models import get_model
@@ -107,12 +107,32 @@ def check_resumable(folder: RunFolder, cfg: RunConfig) -> None:
 
 
 def check_codec_fits(cfg: RunConfig, layout) -> None:
-    """Before round 1: the codec accepts this model (e.g. a level at which some tensor is compressed)."""
+    """Before round 1: the codec accepts this model (e.g. a level at which some tensor is compressed),
+    and, with ``observe = "aggregate"``, works with secure aggregation."""
     try:
-        get_codec(cfg.compressor_spec(), layout).compressor()
+        codec = get_codec(cfg.compressor_spec(), layout)
+        codec.compressor()
     except ValueError as err:
         raise ConfigError(f"compressor={cfg.compressor!r} level={cfg.level} does not fit "
                           f"model={cfg.model!r}: {err}") from None
+    if cfg.observe == "aggregate" and not codec.summable:
+        raise ConfigError(f"observe='aggregate' needs a compressor that works with secure aggregation (the mean "
+                          f"of what clients send is the mean update); compressor={cfg.compressor!r} with these "
+                          f"options is not; allowed: {', '.join(summable_choices(cfg, layout))}")
+
+
+def summable_choices(cfg: RunConfig, layout) -> list[str]:
+    """The compressors (with the option value that makes them so, if one does) that work with
+    secure aggregation for this run, as the codecs say."""
+    out = []
+    for name in codec_names():
+        variants = [{}] + [{o.key: v} for o in codec_class(name).options for v in o.allowed]
+        for extra in variants:
+            spec = spec_from_run_config({**cfg.as_flat_dict(), "compressor": name, **extra})
+            if get_codec(spec, layout).summable:
+                out.append(name + "".join(f" ({k}={v!r})" for k, v in extra.items()))
+                break
+    return out
 
 
 def check_dp_fits(cfg: RunConfig, model: torch.nn.Module) -> None:

@@ -158,8 +158,8 @@ def test_every_default_and_every_choice_is_valid():
     parse_run_config(defaults())
     for row in CONFIG_KEYS:
         for choice in row.choices() or ():
-            fedavg = {"attack": "none"} if (row.key, choice) == ("local-mode", "fedavg") else {}
-            parse_run_config({row.key: choice, **fedavg}, check_paths=False)
+            needs = {("local-mode", "fedavg"): {"attack": "none"}, ("observe", "aggregate"): {"attack-clients": "all"}}
+            parse_run_config({row.key: choice, **needs.get((row.key, choice), {})}, check_paths=False)
         assert row.meaning and row.allowed_text() and row.matters_text(), row.key
 
 

@@ -23,6 +23,9 @@ Server:
     :meth:`Codec.server` (a :class:`ServerProtocol`: what to broadcast, how to answer
     between exchanges, how to decode a client's arrays and what public state the server
     then knows, and the state to checkpoint).
+Secure aggregation:
+    :attr:`Codec.summable` (the round's mean update follows from the mean of what the
+    clients sent: no compressed per-client structure, such as Top-K's own indices).
 Attacker:
     :meth:`Codec.decode` (the dense update a server decodes from arrays and public
     state: the naive attacker's target) and :meth:`Codec.views` (the linear maps from a
@@ -146,6 +149,15 @@ class Codec(ABC):
     label_format: ClassVar[str] = "{name} (level {level})"
     tag_format: ClassVar[str] = "{name}{level}"
     exchanges: ClassVar[int] = 1
+
+    @property
+    def summable(self) -> bool:
+        """Whether secure aggregation works with this codec in practice: the round's mean
+        update follows from the mean of the clients' arrays alone (same names, shapes and
+        meaning for every client, and a decode linear in them). Then the weighted mean of
+        what the clients sent, with the round's public state, is what a server running
+        secure aggregation learns (``observe = "aggregate"``). Not by default."""
+        return False
 
     def __init__(self, spec: CompressorSpec, layout: Layout) -> None:
         if spec.name != self.name:

@@ -571,6 +571,13 @@ class PowerSGDCodec(Codec):
         return self.mode == "allreduce"
 
     @property
+    def summable(self) -> bool:
+        """Secure aggregation works in all-reduce mode (what PowerSGD was built for): every
+        client multiplies with the same Q and P-hat, so the mean P_i and mean Q_i are the
+        mean update's; in local mode each client's own P and Q are not."""
+        return self.allreduce
+
+    @property
     def exchanges(self) -> int:  # type: ignore[override]
         return 2 if self.allreduce else 1
 

@@ -189,6 +189,12 @@ class RandomKCodec(Codec):
     style = ("tab:green", "v")
 
     @property
+    def summable(self) -> bool:
+        """Secure aggregation works: every client of a round sends its values at the same
+        seeded positions, so their mean is the mean update's."""
+        return True
+
+    @property
     def seed(self) -> int:
         return int(self.spec.option("seed", 0))
 
