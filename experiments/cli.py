@@ -66,6 +66,9 @@ class Script:
     kinds: tuple[str, ...]
     description: str
     write: Callable[[Outputs], list[Path]]
+    #: How the script's cells are built (default: every kind x dataset x algorithm, :func:`build_cells`);
+    #: a script with its own rows (``defences``: algorithms with and without DP) gives its own.
+    plan: Callable[..., list[Cell]] = build_cells
 
     def main(self, argv: Sequence[str] | None = None, **kwargs: Any) -> int:
         """The script's entry point (``kwargs``: ``profiles``, ``link_factory`` for tests); see :func:`main_for`."""
@@ -124,8 +127,8 @@ def main_for(script: Script, argv: Sequence[str] | None = None, *,
     try:
         overrides = [Override.parse(o) for o in args.overrides]
         datasets = parse_datasets(args.datasets, profile.datasets)
-        algorithms = parse_algorithms(args.algorithms, profile.algorithms)
-        cells = build_cells(profile, script.kinds, datasets, algorithms, overrides, defaults)
+        algorithms = parse_algorithms(args.algorithms, profile.algorithms) if args.algorithms else None
+        cells = script.plan(profile, script.kinds, datasets, algorithms, overrides, defaults)
         gpus = parse_gpus(args.gpus)
     except ValueError as err:  # ConfigError is a ValueError
         parser.error(str(err))

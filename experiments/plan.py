@@ -85,10 +85,11 @@ def make_cell(kind: str, dataset: str, algorithm: Algorithm, profile: Profile,
 
 
 def build_cells(profile: Profile, kinds: Sequence[str], datasets: Sequence[str],
-                algorithms: Sequence[Algorithm], overrides: Iterable[Override] = (),
+                algorithms: Sequence[Algorithm] | None, overrides: Iterable[Override] = (),
                 defaults: Mapping[str, Any] | None = None) -> list[Cell]:
-    """Every cell of ``kinds`` x ``datasets`` x ``algorithms``, in table order."""
+    """Every cell of ``kinds`` x ``datasets`` x ``algorithms`` (``None``: the profile's), in table order."""
     defaults = dict(defaults if defaults is not None else app_defaults())
     overrides = list(overrides)
+    algorithms = profile.algorithms if algorithms is None else algorithms
     return [make_cell(kind, ds, algo, profile, overrides, defaults)
             for ds in datasets for kind in kinds for algo in algorithms]

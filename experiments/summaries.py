@@ -103,6 +103,8 @@ class RoundsSummary:
     buffer_bytes_per_round: float = 0.0
     seconds: float = 0.0
     per_round: tuple[RoundPoint, ...] = ()
+    #: Client-level DP: the worst client's epsilon after the last round (``None`` without DP).
+    epsilon: float | None = None
 
     @classmethod
     def from_json(cls, blob: Mapping[str, Any]) -> RoundsSummary:
@@ -207,6 +209,7 @@ def rounds_summary(frame: pd.DataFrame) -> RoundsSummary:
         seconds=sum(frame["seconds"].fillna(0).astype(float).tolist()),
         per_round=tuple(RoundPoint(int(r), _optional(a), _optional(u)) for r, a, u in
                         zip(frame["round"], frame["test_accuracy"], frame["uplink_bytes"])),
+        epsilon=_optional(last["epsilon"]) if "epsilon" in frame else None,
     )
 
 
