@@ -443,8 +443,8 @@ def test_without_error_feedback_nothing_is_carried(name, options):
 
 
 def test_bad_names_and_options_raise_naming_the_key():
-    assert codec_names() == ("none", "powersgd", "topk")
-    with pytest.raises(ValueError, match=r"compressor='foo' is not known; allowed: none, powersgd, topk"):
+    assert codec_names() == ("none", "powersgd", "qsgd", "randomk", "signsgd", "topk")
+    with pytest.raises(ValueError, match=r"compressor='foo' is not known; allowed: none, powersgd, qsgd, randomk, signsgd, topk"):
         get_compressor("foo")
     with pytest.raises(ValueError, match=r"'scope' is not known for compressor='powersgd'.*mode"):
         get_compressor("powersgd", scope="layer")

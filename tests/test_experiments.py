@@ -132,7 +132,7 @@ def test_algorithms_come_in_the_papers_order():
                                                  "topk4", "powersgd30", "topk30", "powersgd50", "topk50"]
     assert [a.key for a in parse_algorithms("topk4,sgd,powersgd1", ())] == ["sgd", "powersgd1", "topk4"]
     assert Algorithm("topk", 30).label == "Top-K SGD (Level 30)*"
-    with pytest.raises(ValueError, match="expected sgd, powersgdN or topkN"):
+    with pytest.raises(ValueError, match="expected sgd, powersgdN, qsgdN, randomkN, signsgd or topkN"):
         Algorithm.parse("powersgd")
     with pytest.raises(ValueError, match="needs level"):
         Algorithm("sgd", 2)

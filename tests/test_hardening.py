@@ -151,7 +151,7 @@ def sizes_of(labels, cfg):
 
 def test_fedavg_num_examples_must_be_the_partition_size(tmp_path, sample_labels):
     _, model, content = honest("none")
-    cfg = parse_run_config({"model": "convnet", "local-mode": "fedavg"})
+    cfg = parse_run_config({"model": "convnet", "local-mode": "fedavg", "compressor": "none", "attack": "none"})
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=len(sample_labels),
                              partition_size=sizes_of(sample_labels, cfg))
@@ -192,7 +192,7 @@ def test_partition_counts_are_bounded_and_agreed(tmp_path):
     assert strat.num_partitions == 3  # the majority's
     with pytest.raises(RejectedReply, match="num-partitions=2 is not the run's 3"):
         strat.checker.check_sender(replies[2], 1, {})
-    fixed = parse_run_config({"model": "convnet", "batch-size": 8, "num-partitions": 4})
+    fixed = parse_run_config({"model": "convnet", "batch-size": 8, "num-partitions": 4, "compressor": "none"})
     strat = CompressedFedAvg(fixed, layout, RunFolder.create(tmp_path, "fixed"), num_train=3000)
     with pytest.raises(RejectedReply, match="not the run's num-partitions=4"):
         strat.checker.parse_reply(1, pack(content))

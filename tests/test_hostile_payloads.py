@@ -176,7 +176,7 @@ def test_hostile_batch_indices_are_rejected(indices, reason, tmp_path):
 
 def test_fedavg_cannot_claim_more_examples_than_the_train_split(tmp_path):
     _, model, content = honest("none")
-    cfg = parse_run_config({"model": "convnet", "local-mode": "fedavg"})
+    cfg = parse_run_config({"model": "convnet", "local-mode": "fedavg", "compressor": "none", "attack": "none"})
     layout = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
     strat = CompressedFedAvg(cfg, layout, RunFolder.create(tmp_path, "run"), num_train=3000)
     content["metrics"]["num-examples"] = 10**12  # would outweigh every honest client
@@ -246,7 +246,7 @@ def _accepted(strat, content, node_ids=(1, 2)):
 
 def test_finite_updates_that_step_the_model_to_inf_are_refused(tmp_path):
     _, model, content = honest("none")
-    cfg = parse_run_config({"model": "convnet", "batch-size": 8, "server-lr": 100.0})  # step 10
+    cfg = parse_run_config({"model": "convnet", "batch-size": 8, "server-lr": 100.0, "compressor": "none"})  # step 10
     strat = strategy_for(cfg, model, tmp_path)
     for key in content["payload"]:
         content["payload"][key] = np.full_like(content["payload"][key], 3e38)  # finite, the sum is not
@@ -299,7 +299,7 @@ def _reply_message(node: int, content) -> Message:
 def test_the_aggregate_does_not_depend_on_which_client_answered_first(tmp_path):
     """Replies are taken in partition order, so float32 sums are the same whatever the arrival order."""
     _, model, content = honest("none")
-    cfg = parse_run_config({"model": "convnet", "batch-size": 8})
+    cfg = parse_run_config({"model": "convnet", "batch-size": 8, "compressor": "none"})
     rng = np.random.default_rng(0)
     contents = []
     for partition in range(4):  # four different updates, with magnitudes that make float32 sums order-dependent

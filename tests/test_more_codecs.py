@@ -162,9 +162,9 @@ def simulations(tmp_path_factory):
     from experiments.flwr_runner import LocalSuperLink
 
     out = tmp_path_factory.mktemp("runs")
-    base = {"model": "convnet", "num-server-rounds": 2, "batch-size": 8, "eval-samples": 100,
+    base = {"model": "convnet", "num-server-rounds": 2, "batch-size": 8, "eval-samples": 50,
             "intercept-rounds": "all", "intercept-clients": "all", "attack": "gradinv", "attacker": "both",
-            "attack-clients": "0", "attack-iterations": 30, "mia": True, "mia-samples": 50}
+            "attack-clients": "0", "attack-iterations": 10, "mia": True, "mia-samples": 20}
     cases = {"qsgd": {"compressor": "qsgd", "level": 4}, "signsgd": {"compressor": "signsgd"},
              "randomk": {"compressor": "randomk", "level": 2}}
     results = {}

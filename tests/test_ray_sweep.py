@@ -1,5 +1,5 @@
 """Sweeps on a Ray cluster: a real local cluster (a head and a worker node on loopback), a tiny
-Table 2 sweep whose cells run as Ray tasks, one dataset failing on the cluster and then resumed."""
+Table 1 sweep whose cells run as Ray tasks, one dataset failing on the cluster and then resumed."""
 
 from __future__ import annotations
 
@@ -69,10 +69,10 @@ def write_image_folder(folder: Path, per_class: int = 12) -> None:
 
 
 def sweep(address: str, env: dict[str, str], out: Path, images: Path) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "experiments.table2", "--profile", "smoke", "--out", str(out),
-            "--datasets", f"sample,folder:{images}", "--algorithms", "sgd", "--no-progress",
-            "--set", "num-supernodes=2", "--set", "mia:num-server-rounds=1", "--set", "mia-samples=20",
-            "--set", "eval-samples=20", "--ray-address", address]
+    args = [sys.executable, "-m", "experiments.table1", "--profile", "smoke", "--out", str(out),
+            "--datasets", f"sample,folder:{images}", "--algorithms", "sgd,topk1", "--no-progress",
+            "--set", "num-supernodes=2", "--set", "attack-iterations=5", "--set", "eval-samples=20",
+            "--ray-address", address]
     return subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500, check=False)
 
 
@@ -90,12 +90,13 @@ def test_a_sweep_runs_on_the_cluster_and_resumes_after_a_failed_cell(cluster, tm
     done = records(out / "cells.jsonl")
     failed = records(out / "failed.jsonl")
     assert sorted(r["dataset"] for r in done) == ["sample", "sample"] and all(r["status"] == "ok" for r in done)
+    assert {r["algorithm"] for r in done} == {"sgd", "topk"}
     assert {r["worker"] for r in done} <= {"ray0", "ray1"}
     assert len(failed) == 2 and all(r["dataset"].startswith("folder:") for r in failed)
     logs = [(out / r["log"]).read_text() for r in failed]
     assert all("has no class sub-folders" in log for log in logs), logs[0][-3000:]  # the data, not Ray
     for r in done:  # the run folders are in the driver's sweep folder, complete
-        assert (out / r["run_dir"] / "finished.json").exists() and (out / r["run_dir"] / "mia.csv").exists()
+        assert (out / r["run_dir"] / "finished.json").exists() and (out / r["run_dir"] / "gradinv.csv").exists()
 
     write_image_folder(images)  # the same cells (same keys) can now run
     second = sweep(address, env, out, images)
@@ -104,7 +105,7 @@ def test_a_sweep_runs_on_the_cluster_and_resumes_after_a_failed_cell(cluster, tm
     after = records(out / "cells.jsonl")
     assert len(after) == 4 and len({r["key"] for r in after}) == 4  # nothing lost, nothing repeated
     assert [r for r in after if r["dataset"] == "sample"] == done  # the first sweep's records, untouched
-    assert (out / "table2.csv").exists() and not (out / ray_cells.TOKEN_FILE).exists()
+    assert (out / "table1.csv").exists() and not (out / ray_cells.TOKEN_FILE).exists()
     assert not with_text("fedtrust-ray-cell-"), "a cell's SuperLink outlived its task"
 
 
