@@ -232,7 +232,8 @@ DEFENCES = Table("defences", DEFENCES_COLUMNS, defences_frame, lambda rows: mark
 
 
 def defences_plot(rows: pd.DataFrame, path: Path) -> Path | None:
-    """Adaptive SSIM against uplink bytes per client and round (log x), one marker per method."""
+    """Adaptive SSIM against uplink bytes per client and round (log x), one marker per method
+    (hollow and labelled with its z: with client-level DP)."""
     shown = rows.dropna(subset=["ssim_adaptive", "uplink_bytes_per_client_round"])
     if shown.empty:
         return None
@@ -245,6 +246,9 @@ def defences_plot(rows: pd.DataFrame, path: Path) -> Path | None:
             filled = row.dp_noise == 0
             ax.scatter(row.uplink_bytes_per_client_round, row.ssim_adaptive, c=colour if filled else "none",
                        edgecolors=colour, marker=marker, s=70 if filled else 110, label=row.label)
+            if not filled:
+                ax.annotate(f"z={row.dp_noise:g}", (row.uplink_bytes_per_client_round, row.ssim_adaptive),
+                            textcoords="offset points", xytext=(8, -3), fontsize=7, color=colour)
             ax.errorbar(row.uplink_bytes_per_client_round, row.ssim_adaptive, fmt="none", ecolor=colour,
                         yerr=[[row.ssim_adaptive - row.ssim_adaptive_low], [row.ssim_adaptive_high - row.ssim_adaptive]],
                         alpha=0.5)
