@@ -201,3 +201,38 @@ def test_a_simulation_with_each_new_codec_counts_the_packed_bytes_and_runs_both_
     assert set(attacks["attacker"]) == {"naive", "adaptive"} and (attacks["compressor"] == name).all()
     mia = pd.read_csv(folder / "mia.csv")
     assert mia["client"].notna().any() and mia["client"].isna().any()
+
+
+@pytest.mark.parametrize(("name", "level"), [("signsgd", 0), ("randomk", 1), ("topk", 1)])
+def test_error_feedback_conserves_the_sum(layout, name, level):
+    """Over rounds, what was sent plus what is still owed equals everything the client had to send."""
+    codec = codec_for(name, level, layout)
+    comp = codec.compressor()
+    server = codec.server()
+    updates = gradients(layout, n=3, seed=5)
+    sent = {n: torch.zeros(s) for n, s in layout}
+    for server_round, update in enumerate(updates, start=1):
+        broadcast = server.broadcast(server_round)
+        payload = codec.client_step(comp, 0, update, broadcast)
+        decoded, _ = server.decode(0, payload.arrays)
+        sent = {n: sent[n] + decoded[n] for n, _ in layout}
+    owed = {k.split("/", 1)[1]: v for k, v in comp.state_dict().items()}
+    for n, shape in layout:
+        total = sum(u[n] for u in updates)
+        torch.testing.assert_close(sent[n] + owed.get(n, torch.zeros(shape)).reshape(shape), total,
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_randomk_server_reconstructs_the_clients_positions(layout):
+    codec = codec_for("randomk", 2, layout)
+    comp, server = codec.compressor(), codec.server()
+    update = gradients(layout, 1)[0]
+    payload = codec.client_step(comp, 0, update, server.broadcast(3))
+    client_positions = comp.positions(comp.round_seed)
+    decoded, public = server.decode(0, payload.arrays)
+    assert torch.equal(codec.views(payload.arrays, public)[-1].aux[0], client_positions)
+    sparse = [n for n, _ in layout if f"dense/{n}" not in payload.arrays]
+    joined = torch.cat([decoded[n].reshape(-1) for n in sparse])
+    expected = torch.cat([update[n].reshape(-1) for n in sparse])
+    assert torch.equal(joined[client_positions], expected[client_positions])
+    assert int((joined != 0).sum()) <= client_positions.numel()

@@ -38,6 +38,11 @@ def test_a_summable_codec_sends_arrays_whose_mean_is_what_the_mean_gradient_woul
     mean_arrays = {k: sum(w * o.arrays[k].astype(np.float64) for w, o in zip(weights, observed)).astype(np.float32)
                    for k in observed[0].arrays}
     mean_grad = {n: sum(w * g[n] for w, g in zip(weights, grads)) for n, _ in layout}
+    # the aggregate view: decoding the mean of what was sent is the mean of the decoded updates
+    decoded_mean = codec.decode(mean_arrays, observed[0].public_state)
+    for n, _ in layout:
+        torch.testing.assert_close(decoded_mean[n], sum(w * o.decoded[n] for w, o in zip(weights, observed)).float(),
+                                   rtol=1e-3, atol=1e-4)
     for view in codec.views(mean_arrays, observed[0].public_state):
         torch.testing.assert_close(apply_view(view.kind, view.params, view.aux, mean_grad).reshape(-1).float(),
                                    view.observed.reshape(-1), rtol=1e-3, atol=1e-4)
