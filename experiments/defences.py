@@ -7,7 +7,7 @@ Usage::
 Rows, per data set (the *methods*): SGD; PowerSGD and Top-K at the profile's first and
 last level; QSGD (4 bits); EF-signSGD; random-K at the first level; and client-level
 differential privacy (clip :data:`DP_CLIP`, two noise multipliers :data:`DP_NOISE`)
-without compression and with PowerSGD at the first level. Each method is three cells of
+without compression and with the first compressed algorithm (PowerSGD at the first level). Each method is three cells of
 the profile (``gradinv``: SSIM of both attackers; ``mia``: FedAvg's test accuracy, the
 black-box loss attack and epsilon; ``update``: the update attack), run and stored like
 the other scripts' cells (resumable; shared with them where the settings are the same).
@@ -15,7 +15,7 @@ Writes ``defences.csv``, ``.md``, ``.tex``, ``.json`` and ``defences.png`` (adap
 SSIM against uplink bytes, one marker per method) in ``--out``.
 
 ``--algorithms`` replaces the compressors (the DP rows are kept for ``sgd`` and the
-first PowerSGD level among them).
+first compressed algorithm among them, PowerSGD's first level by default).
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def methods(profile: Profile, algorithms: Sequence[Algorithm] | None) -> list[Me
                                           for f in ("powersgd", "topk")),
                       Algorithm("qsgd", QSGD_BITS), Algorithm("signsgd"), Algorithm("randomk", first)]
     plain = [Method(a) for a in algorithms]
-    powersgd = [a for a in algorithms if a.family == "powersgd"]
-    private = [a for a in algorithms if a.family == "sgd"] + powersgd[:1]
+    compressed = [a for a in algorithms if not a.baseline]
+    private = [a for a in algorithms if a.baseline] + compressed[:1]
     return plain + [Method(a, z) for a in private for z in DP_NOISE]
 
 

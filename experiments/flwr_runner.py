@@ -141,7 +141,16 @@ class LocalSuperLink:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
     def flwr(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-        """Run a ``flwr`` CLI command with this ``FLWR_HOME``."""
+        """Run a ``flwr`` CLI command with this ``FLWR_HOME``.
+
+        Not once the folder's ``config.toml`` is gone (the SuperLink was stopped and its
+        folder removed, e.g. by an interrupted sweep whose worker thread still polls): ``flwr``
+        would then write a default config and start a detached SuperLink of its own on port
+        39091 in a re-created folder, which nothing would stop. ``RuntimeError`` instead.
+        """
+        if not (self.home / "config.toml").is_file():
+            raise RuntimeError(f"{self.home} has no config.toml (its SuperLink was stopped): not running "
+                               f"flwr {args[0] if args else ''}, which would start a SuperLink of its own")
         return subprocess.run([_flwr_bin(), *args], env=self.env, capture_output=True, text=True,
                               timeout=timeout, check=check, stdin=subprocess.DEVNULL)
 

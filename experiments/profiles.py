@@ -81,8 +81,8 @@ class Algorithm:
     @property
     def baseline(self) -> bool:
         """Whether this is the uncompressed reference the tables' "% of SGD" divides by
-        (the family without a level)."""
-        return not self.codec.levelled
+        (its codec sends the update as it is; signSGD has no level but is no baseline)."""
+        return self.codec.uncompressed
 
     @property
     def sort_key(self) -> tuple[int, int]:

@@ -106,3 +106,14 @@ def test_stop_local_superlink_stops_only_the_users_local_one(tmp_path, capsys):
         assert "no local SuperLink of yours" in capsys.readouterr().out
     finally:
         processes.terminate([mine, sweep, other], timeout=10)
+
+
+def test_flwr_is_not_run_once_the_superlink_folder_is_gone(tmp_path):
+    """An interrupted sweep's worker thread may still poll after its SuperLink folder was removed;
+    flwr would then write a default config and start a detached SuperLink on port 39091."""
+    from experiments.flwr_runner import LocalSuperLink
+
+    link = LocalSuperLink(flwr_home=tmp_path / "gone")
+    with pytest.raises(RuntimeError, match="no config.toml"):
+        link.flwr("ls", "--format", "json")
+    assert not (tmp_path / "gone").exists()

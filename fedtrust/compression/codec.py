@@ -142,6 +142,8 @@ class Codec(ABC):
     display: ClassVar[str]
     compressor_type: ClassVar[type[Compressor]]
     levelled: ClassVar[bool] = True
+    #: Whether this codec sends the update as it is (the tables' "% of SGD" baseline).
+    uncompressed: ClassVar[bool] = False
     has_error_feedback: ClassVar[bool] = True
     options: ClassVar[tuple[CodecOption, ...]] = ()
     style: ClassVar[tuple[str, str]] = ("tab:gray", "x")

@@ -62,6 +62,7 @@ class NoneCodec(Codec):
     compressor_type = NoCompressor
     display = "SGD"
     levelled = False
+    uncompressed = True
     has_error_feedback = False
     label_format = "Original SGD"
     tag_format = "SGD"
