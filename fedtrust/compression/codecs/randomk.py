@@ -90,6 +90,7 @@ class RandomKCompressor(LevelledCompressor):
         #: The seed of the positions of the next encode (set from the server's broadcast).
         self.round_seed: int | None = None
         self._residual: dict[str, torch.Tensor] = {}
+        self._drawn: tuple[int, torch.Tensor] | None = None  # the last seed's positions (a round's decodes share them)
 
     def budget(self) -> int:
         """K: the values PowerSGD rank r sends for the compressible tensors."""
@@ -97,10 +98,12 @@ class RandomKCompressor(LevelledCompressor):
         return sum(per_tensor[name] for name in self.compressible())
 
     def positions(self, seed: int) -> torch.Tensor:
-        """The round's K positions in the concatenated compressible tensors."""
-        shapes = dict(self.layout)
-        total = sum(int(np.prod(shapes[n])) for n in self.compressible())
-        return random_positions(total, self.budget(), seed)
+        """The round's K positions in the concatenated compressible tensors (drawn once per seed)."""
+        if self._drawn is None or self._drawn[0] != seed:
+            shapes = dict(self.layout)
+            total = sum(int(np.prod(shapes[n])) for n in self.compressible())
+            self._drawn = (seed, random_positions(total, self.budget(), seed))
+        return self._drawn[1]
 
     def encode(self, update: Mapping[str, torch.Tensor]) -> Payload:
         """Dense small tensors, and the values at the round's positions of the others."""
@@ -194,12 +197,20 @@ class RandomKCodec(Codec):
         seeded positions, so their mean is the mean update's."""
         return True
 
+    def __init__(self, spec, layout) -> None:
+        super().__init__(spec, layout)
+        self._decoder: RandomKCompressor | None = None
+
     @property
     def seed(self) -> int:
         return int(self.spec.option("seed", 0))
 
     def _compressor(self, seed: int) -> RandomKCompressor:
-        comp = self.compressor()
+        """The codec's own decoder set to ``seed``: one per codec, so that the server's decodes and
+        views of a round's clients draw the round's positions once, not once per client."""
+        if self._decoder is None:
+            self._decoder = self.compressor()
+        comp = self._decoder
         assert isinstance(comp, RandomKCompressor)
         comp.round_seed = seed
         return comp
