@@ -41,9 +41,14 @@ def run_config_arg(overrides: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
 
 
+def _flower_bin(name: str) -> str:
+    """Flower's executable ``name``: beside this interpreter (a venv), else the first on ``PATH``."""
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else (shutil.which(name) or name)
+
+
 def _flwr_bin() -> str:
-    exe = Path(sys.executable).with_name("flwr")
-    return str(exe) if exe.exists() else (shutil.which("flwr") or "flwr")
+    return _flower_bin("flwr")
 
 
 @dataclass
@@ -117,7 +122,7 @@ class LocalSuperLink:
             f'address = "{self.control_address}"\ninsecure = true\n')
         log = (self.home / "superlink.log").open("ab")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("flower-superlink")), "--insecure", "--simulation",
+            [_flower_bin("flower-superlink"), "--insecure", "--simulation",
              "--isolation", "subprocess", "--disable-runtime-dependency-installation",
              "--host", "127.0.0.1", "--port", str(port), "--database", str(self.home / "state.db")],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
