@@ -1,13 +1,21 @@
-"""Benchmark the compressors on ResNet-18's real gradient.
+"""Benchmark every registered compressor on ResNet-18's real gradient.
 
 One forward+backward pass of ResNet-18 (10 classes) on a batch of 32 random-normal
 32x32 CIFAR-shaped images with random labels gives the gradient (that pass is timed
-too). For each compressor and level the median time of ``decode(encode(gradient))``
-is printed, with its ratio to the forward+backward pass and to a plain
+in turns with the codecs of each level, so that every ratio compares times taken
+together). Every codec of the registry is timed, in every combination of its options that
+have a fixed set of values (PowerSGD's mode, Top-K's scope), at each ``--levels``
+value it accepts (QSGD's levels stop at its ``max_level``, 8 bits; unlevelled codecs
+once). What is timed is one round of the codec's protocol for one client, as
+:func:`fedtrust.compression.rounds.run_round` runs it with the client's compressor
+and the server's protocol state carried from round to round (so error feedback's
+residual is added, and random-K draws a new round's positions on both sides): the
+client's encode (every exchange), the server's answers between exchanges and its
+decode. The median is printed with its ratio to the forward+backward pass and to a plain
 implementation of PyTorch's single-worker PowerSGD math (``powerSGD_hook``: per
 tensor ``Q = orth(Q)``, ``P = M Q``, ``orth(P)``, ``Q = M^T P``, ``P Q^T``, error)
-timed in the same run at the same rank, plus the bytes sent and their fraction of
-the dense update.
+timed in the same run at the same rank (for codecs at that level), plus the bytes
+sent (every array of every exchange) and their fraction of the dense update.
 
 At each level the reference and the compressors are timed in turns (one call of
 each per repeat), so that a shared machine's drift hits them alike. On the CPU the
@@ -24,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -32,9 +41,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedtrust.compression import codec_class, get_compressor, is_compressible, layout_of
+from fedtrust.compression import is_compressible, layout_of
 from fedtrust.compression.base import layout_numel, matrix_shape
+from fedtrust.compression.codec import Codec
 from fedtrust.compression.codecs.powersgd import orthogonalize
+from fedtrust.compression.registry import codec_class, codec_names, get_codec
+from fedtrust.compression.rounds import run_round
+from fedtrust.compression.spec import CompressorSpec
 from fedtrust.models import resnet18
 from fedtrust.training import select_device
 
@@ -50,13 +63,38 @@ except ImportError:  # torch built without torch.distributed
     torch_orthogonalize = orthogonalize
 
 LEVELS = (1, 4, 32)
-CONFIGS: tuple[tuple[str, str, dict], ...] = (
-    ("none", "none", {}),
-    ("powersgd allreduce", "powersgd", {"mode": "allreduce"}),
-    ("powersgd local", "powersgd", {"mode": "local"}),
-    ("topk global", "topk", {"scope": "global"}),
-    ("topk layer", "topk", {"scope": "layer"}),
-)
+
+
+def variants() -> list[tuple[str, str, dict]]:
+    """(label, compressor name, options) of every registered codec and every combination of
+    its options that have a fixed set of allowed values (``seed`` keeps its default)."""
+    out = []
+    for name in codec_names():
+        choices = [[(opt.option, value) for value in opt.allowed] for opt in codec_class(name).options if opt.allowed]
+        for combo in itertools.product(*choices):
+            out.append((" ".join([name, *(str(v) for _, v in combo)]), name, dict(combo)))
+    return out
+
+
+def codec_levels(cls: type[Codec], levels: tuple[int, ...]) -> list[int]:
+    """The levels to time ``cls`` at: each of ``levels`` up to its ``max_level`` (then that),
+    once, or one level for an unlevelled codec."""
+    if not cls.levelled:
+        return [levels[0]]
+    top = cls.max_level
+    return sorted({min(level, top) if top is not None else level for level in levels})
+
+
+def one_round(codec: Codec, grad: dict[str, torch.Tensor]) -> tuple[Callable[[], object], int]:
+    """A function running the next round of ``codec`` for one client (state carried), and
+    the bytes that client sends in a round."""
+    server = codec.server()
+    compressors = [codec.compressor()]
+    rounds = itertools.count(1)
+    observed = run_round(codec, [grad], server_round=next(rounds), server=server, compressors=compressors)
+    nbytes = sum(int(a.nbytes) for a in observed[0].arrays.values())
+    return (lambda: run_round(codec, [grad], server_round=next(rounds), server=server,
+                              compressors=compressors)), nbytes
 
 
 @dataclass
@@ -64,7 +102,7 @@ class Result:
     """Everything one benchmark run measured."""
 
     rows: list[Row]
-    fwd_bwd_ms: float
+    fwd_bwd_ms: dict[int, float]
     reference_ms: dict[int, float]
     dense_nbytes: int
 
@@ -125,9 +163,8 @@ def reference_powersgd(grad: dict[str, torch.Tensor], rank: int) -> Callable[[],
     return step
 
 
-def real_gradient(device: torch.device, repeats: int, warmup: int
-                  ) -> tuple[dict[str, torch.Tensor], float]:
-    """ResNet-18's gradient on 32 random CIFAR-shaped images, and the pass's median time (ms)."""
+def real_gradient(device: torch.device) -> tuple[dict[str, torch.Tensor], Callable[[], object]]:
+    """ResNet-18's gradient on 32 random CIFAR-shaped images, and the pass that computes it."""
     torch.manual_seed(0)
     model = resnet18(num_classes=10).to(device)
     images = torch.randn(32, 3, 32, 32, device=device)
@@ -137,9 +174,9 @@ def real_gradient(device: torch.device, repeats: int, warmup: int
         model.zero_grad(set_to_none=True)
         F.cross_entropy(model(images), labels).backward()
 
-    ms = median_ms(forward_backward, device, repeats, warmup)
+    forward_backward()
     grad = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
-    return grad, ms
+    return grad, forward_backward
 
 
 def interleaved_median_ms(fns: dict[str, Callable[[], object]], device: torch.device,
@@ -164,30 +201,37 @@ def interleaved_median_ms(fns: dict[str, Callable[[], object]], device: torch.de
 
 
 def run(device: torch.device, repeats: int, warmup: int, levels: tuple[int, ...]) -> Result:
-    """Time the forward+backward pass, then per level the reference and every compressor."""
-    grad, fwd_bwd_ms = real_gradient(device, repeats, warmup)
-    dense = 4 * layout_numel(layout_of(grad))
+    """Time the forward+backward pass, then per level the reference and every codec there."""
+    grad, forward_backward = real_gradient(device)
+    layout = layout_of(grad)
+    dense = 4 * layout_numel(layout)
+    configs = variants()
+    plan = {label: codec_levels(codec_class(name), levels) for label, name, _ in configs}
     rows: list[Row] = []
     reference_ms: dict[int, float] = {}
-    for i, level in enumerate(levels):
-        fns: dict[str, Callable[[], object]] = {"reference": reference_powersgd(grad, level)}
+    fwd_bwd_ms: dict[int, float] = {}
+    for level in sorted({lv for lvs in plan.values() for lv in lvs}):
+        fns: dict[str, Callable[[], object]] = {"fwd+bwd": forward_backward}
+        if level in levels:
+            fns["reference"] = reference_powersgd(grad, level)
         nbytes: dict[str, int] = {}
-        for label, name, options in CONFIGS:
-            levelled = codec_class(name).levelled
-            if not levelled and i > 0:
-                continue  # the same at every level
-            compressor = get_compressor(name, level=level, **options)
-            nbytes[label] = compressor.encode(grad).nbytes
-            fns[label] = lambda c=compressor: c.decode(c.encode(grad))
+        for label, name, options in configs:
+            if level not in plan[label]:
+                continue
+            codec = get_codec(CompressorSpec(name, level, options=tuple(sorted(options.items()))), layout)
+            fns[label], nbytes[label] = one_round(codec, grad)
         ms = interleaved_median_ms(fns, device, repeats, warmup)
-        reference_ms[level] = ms.pop("reference")
-        levelled = {label: codec_class(name).levelled for label, name, _ in CONFIGS}
+        fwd_bwd_ms[level] = fwd_bwd = ms.pop("fwd+bwd")
+        if "reference" in ms:
+            reference_ms[level] = ms.pop("reference")
         for label, value in ms.items():
-            rows.append(Row(label, str(level) if levelled[label] else "-", value, value / fwd_bwd_ms,
-                            value / reference_ms[level] if levelled[label] else None,
-                            nbytes[label], nbytes[label] / dense))
-    order = [label for label, _, _ in CONFIGS]
-    rows.sort(key=lambda r: order.index(r.compressor))
+            name = next(n for lab, n, _ in configs if lab == label)
+            levelled = codec_class(name).levelled
+            ref = reference_ms.get(level) if levelled else None
+            rows.append(Row(label, str(level) if levelled else "-", value, value / fwd_bwd,
+                            value / ref if ref else None, nbytes[label], nbytes[label] / dense))
+    order = [label for label, _, _ in configs]
+    rows.sort(key=lambda r: (order.index(r.compressor), int(r.level) if r.level != "-" else 0))
     return Result(rows, fwd_bwd_ms, reference_ms, dense)
 
 
@@ -225,7 +269,9 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"ResNet-18 gradient, batch 32 (32x32x3), device {device} ({name}), torch {torch.__version__}, "
           f"median of {args.repeats} after {args.warmup} warm-up")
-    print(f"forward+backward: {result.fwd_bwd_ms:.1f} ms; dense update: {result.dense_nbytes:,d} bytes")
+    print("forward+backward (timed in turns with each level's codecs): "
+          + ", ".join(f"level {lv}: {ms:.1f} ms" for lv, ms in result.fwd_bwd_ms.items())
+          + f"; dense update: {result.dense_nbytes:,d} bytes")
     print("torch PowerSGD math (single worker, per tensor): "
           + ", ".join(f"rank {r}: {ms:.2f} ms" for r, ms in result.reference_ms.items()))
     print(format_table(result.rows))

@@ -29,7 +29,7 @@ from fedtrust.compression.codecs.powersgd import (
     initial_q,
     orthogonalize,
 )
-from fedtrust.compression.codecs.topk import TopKCompressor
+from fedtrust.compression.codecs.topk import THRESHOLD_SAMPLE, TopKCompressor, top_k_indices
 from fedtrust.models import resnet18
 
 try:  # PyTorch's own orthogonalisation, the reference for ours
@@ -346,6 +346,29 @@ def test_topk_keeps_the_largest_magnitudes(scope):
     for name in TINY:
         if name not in names:
             assert torch.equal(decoded[name], update[name])
+
+
+@pytest.mark.parametrize("k", [1, 777, 40_000, THRESHOLD_SAMPLE - 1])
+def test_fast_top_k_selects_what_torch_topk_selects(k):
+    """The sampled-threshold selection (used from 4 x THRESHOLD_SAMPLE values) picks the
+    very positions ``torch.topk`` picks on continuous data, and with ties and NaNs the
+    same magnitudes (NaNs first, as ``torch.topk`` ranks them)."""
+    n = 4 * THRESHOLD_SAMPLE + 12_345
+    gen = torch.Generator().manual_seed(k)
+    flat = torch.randn(n, generator=gen) * torch.rand(n, generator=gen) ** 3  # heavy-tailed, like a gradient
+    expected = torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values
+    got = top_k_indices(flat, k)
+    assert torch.equal(got, expected)
+    assert got.dtype == torch.int64 and bool((got[1:] > got[:-1]).all())
+
+    tied = torch.round(flat * 50) / 50  # many equal magnitudes at the k-th largest
+    tied[torch.randint(0, n, (3,), generator=gen)] = float("nan")
+    ref = torch.topk(tied.abs(), k, sorted=False).values
+    got = top_k_indices(tied, k)
+    assert got.numel() == k and got.unique().numel() == k
+    picked = tied.abs()[got]
+    assert int(picked.isnan().sum()) == min(3, k) == int(ref.isnan().sum())
+    assert torch.equal(torch.sort(picked[~picked.isnan()]).values, torch.sort(ref[~ref.isnan()]).values)
 
 
 def test_level_too_high_raises():

@@ -9,7 +9,8 @@ What a codec says
 -----------------
 Metadata (class attributes, no layout needed):
     ``name`` (the run-config value), ``family`` (the tables' algorithm key: ``sgd`` for
-    ``none``), ``levelled`` (whether ``level`` means anything), ``options`` (its own
+    ``none``), ``levelled`` (whether ``level`` means anything), ``max_level`` (the
+    largest level it accepts, if any), ``options`` (its own
     run-config keys, :class:`CodecOption`), ``label(level)`` (a table row),
     ``tag(level)`` (a figure's point label), ``style`` (a figure's colour and marker).
 Wire format (bound to a spec and a layout):
@@ -142,6 +143,8 @@ class Codec(ABC):
     display: ClassVar[str]
     compressor_type: ClassVar[type[Compressor]]
     levelled: ClassVar[bool] = True
+    #: The largest ``level`` this codec accepts (``None``: no limit but the layout's).
+    max_level: ClassVar[int | None] = None
     #: Whether this codec sends the update as it is (the tables' "% of SGD" baseline).
     uncompressed: ClassVar[bool] = False
     has_error_feedback: ClassVar[bool] = True

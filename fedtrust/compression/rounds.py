@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedtrust.compression.base import Compressor
 from fedtrust.compression.codec import Codec, ServerProtocol
 from fedtrust.robust import NormBound
 
@@ -43,7 +44,8 @@ class Observed:
 
 def run_round(codec: Codec, updates: Sequence[Mapping[str, torch.Tensor]], *,
               weights: Sequence[float] | None = None, server_round: int = 1,
-              server: ServerProtocol | None = None) -> list[Observed]:
+              server: ServerProtocol | None = None,
+              compressors: Sequence[Compressor] | None = None) -> list[Observed]:
     """Compress ``updates`` (one per client, dense, in layout order) as one round of ``codec``.
 
     Parameters
@@ -58,6 +60,9 @@ def run_round(codec: Codec, updates: Sequence[Mapping[str, torch.Tensor]], *,
         The round number (the broadcast of round 1 is empty).
     server:
         The server's protocol state to continue from (default: a fresh one).
+    compressors:
+        Each client's compressor to continue from (its error-feedback residual; default:
+        fresh ones, as in round 1).
     """
     if not updates:
         raise ValueError("run_round needs at least one client update")
@@ -65,7 +70,10 @@ def run_round(codec: Codec, updates: Sequence[Mapping[str, torch.Tensor]], *,
     if len(weights) != len(updates):
         raise ValueError(f"{len(weights)} weights for {len(updates)} updates")
     server = codec.server() if server is None else server
-    compressors = [codec.compressor() for _ in updates]
+    if compressors is None:
+        compressors = [codec.compressor() for _ in updates]
+    elif len(compressors) != len(updates):
+        raise ValueError(f"{len(compressors)} compressors for {len(updates)} updates")
     broadcast = server.broadcast(server_round)
     payloads = [dict(codec.client_step(c, 0, u, broadcast).arrays) for c, u in zip(compressors, updates)]
     for exchange in range(1, codec.exchanges):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fedtrust.compression.base import Compressor, Layout, Payload, to_wire
-from fedtrust.compression.bits import pack_signs, packed_size, unpack_signs
+from fedtrust.compression.bits import pack_signs, packed_size, padding_is_zero, signed, unpack_signs, unpack_uint
 from fedtrust.compression.codec import ArraySpec, Codec
 from fedtrust.compression.registry import register
 from fedtrust.compression.views import View, as_tensor
@@ -61,8 +61,7 @@ class SignSGDCompressor(Compressor):
             arrays[f"scale/{name}"] = to_wire(scale.reshape(1))
             arrays[f"signs/{name}"] = pack_signs(negative.cpu().numpy())
             if self.error_feedback:
-                sent = torch.where(negative, -scale, scale)
-                self._residual[name] = (p - sent).detach()
+                self._residual[name] = p - signed(negative, scale)
         return Payload(arrays)
 
     def decode(self, payload: Payload) -> dict[str, torch.Tensor]:
@@ -70,9 +69,9 @@ class SignSGDCompressor(Compressor):
             raise RuntimeError("signsgd: layout unknown: encode an update or pass layout=")
         out = {}
         for name, shape in self.layout:
-            signs = torch.from_numpy(unpack_signs(payload.arrays[f"signs/{name}"], _numel(shape)))
+            negative = torch.from_numpy(unpack_uint(payload.arrays[f"signs/{name}"], _numel(shape), 1)).to(torch.bool)
             scale = float(np.asarray(payload.arrays[f"scale/{name}"]).reshape(-1)[0])
-            out[name] = (signs * scale).reshape(shape)
+            out[name] = signed(negative, scale).reshape(shape)
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -106,10 +105,13 @@ class SignSGDCodec(Codec):
         return out
 
     def check_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """A scale is a mean magnitude: not negative."""
-        for name, _ in self.layout:
+        """A scale is a mean magnitude: not negative; the signs' padding bits are zero."""
+        for name, shape in self.layout:
             if float(arrays[f"scale/{name}"][0]) < 0:
                 raise ValueError(f"signsgd: scale/{name} is negative")
+            if not padding_is_zero(arrays[f"signs/{name}"], _numel(shape), 1):
+                raise ValueError(f"signsgd: signs/{name} has nonzero padding bits after its {_numel(shape)} "
+                                 "signs (wrong packing: one bit per value, little-endian)")
 
     def decode(self, arrays: Mapping[str, np.ndarray],
                public_state: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -49,10 +49,54 @@ from fedtrust.compression.views import View, as_tensor, dense_views
 SCOPES = ("global", "layer")
 
 
+#: Magnitudes drawn to estimate the selection's threshold (:func:`top_k_indices`, for
+#: tensors of at least 4 x as many values).
+THRESHOLD_SAMPLE = 1 << 16
+
+
 def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Positions (int64, ascending) of the ``k`` largest magnitudes of a 1-D tensor."""
-    indices = torch.topk(flat.abs(), k, sorted=False).indices
-    return torch.sort(indices).values
+    """Positions (int64, ascending) of the ``k`` largest magnitudes of a 1-D tensor.
+
+    The same selection as ``torch.topk(flat.abs(), k)`` (ties at the k-th magnitude
+    broken among the tied values, as ``torch.topk`` breaks them), several times faster
+    for a small ``k / n``: a threshold ``t`` is estimated from ``THRESHOLD_SAMPLE``
+    magnitudes drawn at fixed seeded positions, low enough that about
+    ``k + 4 sd + 8`` values reach it (``sd`` the binomial spread of the sample's
+    count); the candidates ``|flat| >= t`` (NaNs among them, as ``torch.topk`` ranks
+    NaN largest) come out in ascending order, and the exact ``torch.topk`` drops the
+    few smallest of them. Every value at least as large as the k-th largest is a
+    candidate whenever there are at least ``k`` candidates, so the result is exact;
+    with fewer (an unlucky sample) the full ``torch.topk`` runs.
+    """
+    n = flat.numel()
+    if k >= n or n < 4 * THRESHOLD_SAMPLE or 4 * k >= n:
+        indices = torch.topk(flat.abs(), k, sorted=False).indices
+        return torch.sort(indices).values
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    sample = flat[torch.randint(0, n, (THRESHOLD_SAMPLE,), generator=generator).to(flat.device)].abs()
+    p = k / n
+    expected = p * THRESHOLD_SAMPLE
+    rank = min(THRESHOLD_SAMPLE, int(expected + 4.0 * math.sqrt(expected * (1.0 - p)) + 8))
+    threshold = float(torch.topk(sample, rank, sorted=False).values.min())
+    small = (flat < threshold).logical_and_(flat > -threshold)  # |x| < t; False for NaN
+    candidates = _ascending_nonzero(small.logical_not_())
+    extra = candidates.numel() - k
+    if extra < 0:
+        return torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values
+    if extra == 0:
+        return candidates
+    drop = torch.topk(flat[candidates].abs(), extra, largest=False, sorted=False).indices
+    keep = torch.ones(candidates.numel(), dtype=torch.bool, device=flat.device)
+    keep[drop] = False
+    return candidates[keep]
+
+
+def _ascending_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Positions (int64, ascending) of the ``True`` values of a 1-D mask (NumPy's on the CPU,
+    where it is about twice as fast as ``torch.nonzero``)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.nonzero(mask).squeeze(1)
 
 
 def _indices_to_wire(indices: torch.Tensor) -> np.ndarray:
@@ -112,12 +156,14 @@ class TopKCompressor(LevelledCompressor):
         per_tensor = powersgd_values_per_tensor(self.layout, self.level, self.min_compression_rate)
         return {name: per_tensor[name] for name in self.compressible()}
 
-    def _flat(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """``M = update (+ residual)`` flattened, float32, on the update's device."""
+    def _flat(self, name: str, tensor: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``M = update (+ residual)`` flattened, float32, on the update's device (written
+        into ``out`` when given)."""
         flat = tensor.detach().to(torch.float32).reshape(-1)
         if self.error_feedback and name in self._residual:
-            flat = flat + self._residual[name].to(flat.device).reshape(-1)
-        return flat
+            residual = self._residual[name].to(flat.device).reshape(-1)
+            return torch.add(flat, residual, out=out) if out is not None else flat + residual
+        return out.copy_(flat) if out is not None else flat
 
     def _keep_residual(self, name: str, flat: torch.Tensor, indices: torch.Tensor,
                        shape: tuple[int, ...]) -> None:
@@ -132,28 +178,35 @@ class TopKCompressor(LevelledCompressor):
         layout = self._layout_for(update)
         budgets = self.budgets()
         arrays: dict[str, np.ndarray] = {}
-        flats: dict[str, torch.Tensor] = {}
-        for name, _ in layout:
-            if name in budgets:
-                flats[name] = self._flat(name, update[name])
-            else:
-                arrays[f"dense/{name}"] = to_wire(update[name])
         shapes = dict(layout)
-        if self.scope == "layer":
-            for name, flat in flats.items():
-                idx = top_k_indices(flat, budgets[name])
-                arrays[f"values/{name}"] = to_wire(flat[idx])
-                arrays[f"indices/{name}"] = _indices_to_wire(idx)
-                self._keep_residual(name, flat, idx, shapes[name])
-            return Payload(arrays)
-        joined = torch.cat(list(flats.values()))
+        for name, _ in layout:
+            if name not in budgets:
+                arrays[f"dense/{name}"] = to_wire(update[name])
+        if self.scope == "global":
+            return self._encode_global(update, budgets, shapes, arrays)
+        for name in budgets:  # scope "layer"
+            flat = self._flat(name, update[name])
+            idx = top_k_indices(flat, budgets[name])
+            arrays[f"values/{name}"] = to_wire(flat[idx])
+            arrays[f"indices/{name}"] = _indices_to_wire(idx)
+            self._keep_residual(name, flat, idx, shapes[name])
+        return Payload(arrays)
+
+    def _encode_global(self, update: Mapping[str, torch.Tensor], budgets: dict[str, int],
+                       shapes: dict[str, tuple[int, ...]], arrays: dict[str, np.ndarray]) -> Payload:
+        """Scope ``global``: M of every compressible tensor written into one new vector (the
+        residual is then made in it, in place), its K largest magnitudes sent."""
+        sizes = [math.prod(shapes[name]) for name in budgets]
+        device = update[next(iter(budgets))].device
+        joined = torch.empty(sum(sizes), dtype=torch.float32, device=device)
+        for (name, part) in zip(budgets, torch.split(joined, sizes)):
+            self._flat(name, update[name], out=part)
         idx = top_k_indices(joined, sum(budgets.values()))
         arrays["values"] = to_wire(joined[idx])
         arrays["indices"] = _indices_to_wire(idx)
         if self.error_feedback:
-            rest = joined.clone()
-            rest[idx] = 0.0
-            for (name, flat), part in zip(flats.items(), torch.split(rest, [f.numel() for f in flats.values()])):
+            joined[idx] = 0.0
+            for name, part in zip(budgets, torch.split(joined, sizes)):
                 self._residual[name] = part.reshape(shapes[name])
         return Payload(arrays)
 
@@ -180,7 +233,7 @@ class TopKCompressor(LevelledCompressor):
         out: dict[str, torch.Tensor] = {}
         for name, shape in self.layout:
             if name in sparse:
-                out[name] = sparse[name].reshape(shape).clone()
+                out[name] = sparse[name].reshape(shape)  # views of one new tensor: nothing else holds it
             else:
                 out[name] = dense_from_payload(payload, name, shape)
         return out
