@@ -31,6 +31,7 @@ gives a finite norm. This module imports no Flower.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -44,11 +45,23 @@ def l2_norm(arrays: Iterable[np.ndarray | torch.Tensor]) -> float:
     """The L2 norm of several arrays taken as one vector, in float64 (``inf`` if any value is not finite)."""
     total = 0.0
     for a in arrays:
-        v = a.detach().cpu().double().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=np.float64)
-        if not np.isfinite(v).all():
+        t = a.detach().cpu() if isinstance(a, torch.Tensor) else _read_only_tensor(a)
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
+        # one pass accumulating in float64 (no float64 copy); NaN or Inf anywhere makes it non-finite
+        norm = float(torch.linalg.vector_norm(t.reshape(-1), dtype=torch.float64))
+        if not math.isfinite(norm):
             return math.inf
-        total += float(np.dot(v.ravel(), v.ravel()))
+        total += norm * norm
     return math.sqrt(total)
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, to be read only (a received payload's arrays may
+    be read-only; ``torch.from_numpy`` warns about those, which this caller never writes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def lower_median(values: Sequence[float]) -> float:

@@ -29,7 +29,7 @@ from fedtrust.compression.codecs.powersgd import (
     initial_q,
     orthogonalize,
 )
-from fedtrust.compression.codecs.topk import THRESHOLD_SAMPLE, TopKCompressor, top_k_indices
+from fedtrust.compression.codecs.topk import MIN_SAMPLE, THRESHOLD_SAMPLE, TopKCompressor, top_k_indices
 from fedtrust.models import resnet18
 
 try:  # PyTorch's own orthogonalisation, the reference for ours
@@ -348,12 +348,14 @@ def test_topk_keeps_the_largest_magnitudes(scope):
             assert torch.equal(decoded[name], update[name])
 
 
-@pytest.mark.parametrize("k", [1, 777, 40_000, THRESHOLD_SAMPLE - 1])
-def test_fast_top_k_selects_what_torch_topk_selects(k):
-    """The sampled-threshold selection (used from 4 x THRESHOLD_SAMPLE values) picks the
+@pytest.mark.parametrize(("n", "k"), [(4 * THRESHOLD_SAMPLE + 12_345, 1), (4 * THRESHOLD_SAMPLE + 12_345, 777),
+                                      (4 * THRESHOLD_SAMPLE + 12_345, 40_000),
+                                      (4 * THRESHOLD_SAMPLE + 12_345, THRESHOLD_SAMPLE - 1),
+                                      (16 * MIN_SAMPLE + 5, 3_000)])
+def test_fast_top_k_selects_what_torch_topk_selects(n, k):
+    """The sampled-threshold selection (used from 16 x MIN_SAMPLE values) picks the
     very positions ``torch.topk`` picks on continuous data, and with ties and NaNs the
     same magnitudes (NaNs first, as ``torch.topk`` ranks them)."""
-    n = 4 * THRESHOLD_SAMPLE + 12_345
     gen = torch.Generator().manual_seed(k)
     flat = torch.randn(n, generator=gen) * torch.rand(n, generator=gen) ** 3  # heavy-tailed, like a gradient
     expected = torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values

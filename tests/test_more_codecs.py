@@ -11,8 +11,15 @@ import torch
 from fedtrust.attacks.gradinv.reconstruct import gradient_cost, nearest_allowed
 from fedtrust.compression import CompressorSpec, get_codec
 from fedtrust.compression.base import layout_of
-from fedtrust.compression.bits import pack_signs, pack_uint, packed_size, unpack_signs, unpack_uint
-from fedtrust.compression.codecs.randomk import round_seed
+from fedtrust.compression.bits import (
+    pack_signs,
+    pack_uint,
+    packed_size,
+    padding_is_zero,
+    unpack_signs,
+    unpack_uint,
+)
+from fedtrust.compression.codecs.randomk import random_positions, round_seed
 from fedtrust.compression.rounds import run_round
 from fedtrust.compression.validate import PayloadError, validate_payload
 from fedtrust.compression.views import apply_view
@@ -34,12 +41,21 @@ def codec_for(name, level, layout, seed=42):
     return get_codec(CompressorSpec(name=name, level=level, error_feedback=name != "qsgd", options=options), layout)
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 5, 8])
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_packed_integers_round_trip_in_exactly_their_bits(width):
     values = np.random.default_rng(width).integers(0, 1 << width, 1001).astype(np.uint8)
     packed = pack_uint(values, width)
     assert packed.dtype == np.uint8 and packed.size == packed_size(1001, width) == math.ceil(1001 * width / 8)
+    # the documented layout: every value's bits, little-endian, through np.packbits
+    bits = (values[:, None] >> np.arange(width, dtype=np.uint8)) & 1
+    np.testing.assert_array_equal(packed, np.packbits(bits.reshape(-1), bitorder="little"))
     np.testing.assert_array_equal(unpack_uint(packed, 1001, width), values)
+    assert padding_is_zero(packed, 1001, width)
+    if (1001 * width) % 8:
+        spoiled = packed.copy()
+        spoiled[-1] |= 0x80
+        assert not padding_is_zero(spoiled, 1001, width)
+        np.testing.assert_array_equal(unpack_uint(spoiled, 1001, width), values)  # why validation must look
     with pytest.raises(ValueError, match="does not fit"):
         pack_uint(np.array([1 << width]) if width < 8 else np.array([256]), width)
     signs = np.array([-1.0, 0.0, 2.0, -3.0])
@@ -145,14 +161,51 @@ def test_what_the_attackers_match_holds_for_the_true_gradient(layout, name, leve
     ("qsgd", 2, "levels/", lambda a: np.concatenate([a, a]), "shape"),
     ("qsgd", 2, "norm/", lambda a: a.astype(np.float64), "dtype"),
     ("randomk", 1, "values", lambda a: a[:-1], "shape"),
+    # wrong packing: bits set after the last value (signs of 1 bit, QSGD levels of 3 bits)
+    ("signsgd", 0, "signs/", lambda a: a | np.uint8(0x80) * (np.arange(a.size) == a.size - 1), "padding"),
+    ("qsgd", 3, "signs/", lambda a: a | np.uint8(0x80) * (np.arange(a.size) == a.size - 1), "padding"),
+    ("qsgd", 3, "levels/", lambda a: a | np.uint8(0x80) * (np.arange(a.size) == a.size - 1), "padding"),
+    # out-of-range levels: every level at its top, which no unit vector rounds to
+    ("qsgd", 3, "levels/", lambda a: np.full_like(a, 0xFF), "out of range"),
 ])
 def test_a_malformed_packed_payload_is_refused_with_its_reason(layout, name, level, key, bad, words):
     codec = codec_for(name, level, layout)
     arrays = dict(run_round(codec, gradients(layout))[0].arrays)
-    target = next(k for k in arrays if k.startswith(key))
+    sizes = {f"{kind}/{n}": math.prod(s) * (level if kind == "levels" else 1)
+             for n, s in layout for kind in ("signs", "levels")}
+    # padding exists only where a tensor's bits do not fill whole bytes
+    target = next(k for k in arrays if k.startswith(key) and (words != "padding" or sizes[k] % 8))
     arrays[target] = bad(arrays[target])
     with pytest.raises(PayloadError, match=words):
         validate_payload(arrays, codec)
+
+
+def test_a_reply_naming_its_own_seed_is_refused(layout):
+    """Random-K's positions come from the seed the server broadcast; a client cannot send
+    another seed (nor QSGD a rounding seed): the payload carries no such array."""
+    for name, level in (("randomk", 1), ("qsgd", 2)):
+        codec = codec_for(name, level, layout)
+        arrays = dict(run_round(codec, gradients(layout))[0].arrays)
+        with pytest.raises(PayloadError, match="unexpected arrays: seed"):
+            validate_payload({**arrays, "seed": np.array([7], dtype=np.int64)}, codec)
+
+
+def test_randomk_positions_are_one_per_block_and_each_value_is_sent_with_probability_k_over_n():
+    total, k = 1000, 37
+    draws = [random_positions(total, k, seed) for seed in range(2000)]
+    bounds = torch.arange(k + 1) * total // k
+    for pos in draws[:50]:
+        assert pos.numel() == k and bool((pos[1:] > pos[:-1]).all())
+        assert bool(((pos >= bounds[:-1]) & (pos < bounds[1:])).all())  # one in each block
+    counts = torch.bincount(torch.cat(draws), minlength=total).double()
+    rate = counts / len(draws)
+    # each of 1000 inclusion rates is a binomial mean of 2000 draws at p = K/N = 0.037
+    sd = math.sqrt(k / total * (1 - k / total) / len(draws))
+    assert abs(float(rate.mean()) - k / total) < 1e-12
+    assert float((rate - k / total).abs().max()) < 5 * sd
+    assert torch.equal(random_positions(total, k, 5), random_positions(total, k, 5))
+    with pytest.raises(ValueError, match="cannot draw"):
+        random_positions(10, 11, 0)
 
 
 @pytest.fixture(scope="module")
@@ -236,3 +289,23 @@ def test_randomk_server_reconstructs_the_clients_positions(layout):
     expected = torch.cat([update[n].reshape(-1) for n in sparse])
     assert torch.equal(joined[client_positions], expected[client_positions])
     assert int((joined != 0).sum()) <= client_positions.numel()
+
+
+def test_the_compression_bench_covers_every_registered_codec_at_the_levels_it_accepts():
+    import sys
+    from pathlib import Path
+
+    from fedtrust.compression.registry import codec_class, codec_names
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    sys.path.insert(0, bench)
+    try:
+        import compression
+    finally:
+        sys.path.remove(bench)
+    labels = compression.variants()
+    assert {name for _, name, _ in labels} == set(codec_names())
+    assert {"powersgd allreduce", "powersgd local", "topk global", "topk layer"} <= {label for label, _, _ in labels}
+    assert compression.codec_levels(codec_class("qsgd"), (1, 4, 32)) == [1, 4, 8]
+    assert compression.codec_levels(codec_class("topk"), (1, 4, 32)) == [1, 4, 32]
+    assert compression.codec_levels(codec_class("signsgd"), (1, 4, 32)) == [1]

@@ -117,13 +117,14 @@ class QSGDCompressor(Compressor):
             uniforms = torch.from_numpy(generator.random(v.numel(), dtype=np.float32))
             if float(norm) > 0:
                 x = v.abs().mul_(s / norm)
-                level = torch.floor(x)
-                level.add_(uniforms < x.sub_(level)).clamp_(max=s)  # x - floor(x): exact
+                low = torch.floor(x)
+                up = uniforms < x.sub_(low)  # x - floor(x): exact
+                level = low.to(torch.uint8).add_(up.view(torch.uint8)).clamp_(max=s)
             else:
-                level = torch.zeros_like(v)
+                level = torch.zeros(v.numel(), dtype=torch.uint8)
             arrays[f"norm/{name}"] = to_wire(norm.reshape(1))
             arrays[f"signs/{name}"] = pack_signs((v < 0).numpy())
-            arrays[f"levels/{name}"] = pack_uint(level.to(torch.uint8).numpy(), self.level)
+            arrays[f"levels/{name}"] = pack_uint(level.numpy(), self.level)
         return Payload(arrays)
 
     def decode(self, payload: Payload) -> dict[str, torch.Tensor]:

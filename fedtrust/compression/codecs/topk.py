@@ -49,9 +49,11 @@ from fedtrust.compression.views import View, as_tensor, dense_views
 SCOPES = ("global", "layer")
 
 
-#: Magnitudes drawn to estimate the selection's threshold (:func:`top_k_indices`, for
-#: tensors of at least 4 x as many values).
+#: Magnitudes drawn to estimate the selection's threshold (:func:`top_k_indices`): at
+#: most this many, and one in 16 of a smaller tensor's values ...
 THRESHOLD_SAMPLE = 1 << 16
+#: ... but at least this many (smaller tensors use ``torch.topk`` directly).
+MIN_SAMPLE = 1 << 12
 
 
 def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,7 +62,7 @@ def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     The same selection as ``torch.topk(flat.abs(), k)`` (ties at the k-th magnitude
     broken among the tied values, as ``torch.topk`` breaks them), several times faster
     for a small ``k / n``: a threshold ``t`` is estimated from ``THRESHOLD_SAMPLE``
-    magnitudes drawn at fixed seeded positions, low enough that about
+    magnitudes (fewer for a tensor under 16 times that) drawn at fixed seeded positions, low enough that about
     ``k + 4 sd + 8`` values reach it (``sd`` the binomial spread of the sample's
     count); the candidates ``|flat| >= t`` (NaNs among them, as ``torch.topk`` ranks
     NaN largest) come out in ascending order, and the exact ``torch.topk`` drops the
@@ -69,14 +71,15 @@ def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     with fewer (an unlucky sample) the full ``torch.topk`` runs.
     """
     n = flat.numel()
-    if k >= n or n < 4 * THRESHOLD_SAMPLE or 4 * k >= n:
+    size = min(THRESHOLD_SAMPLE, n // 16)
+    if k >= n or size < MIN_SAMPLE or 4 * k >= n:
         indices = torch.topk(flat.abs(), k, sorted=False).indices
         return torch.sort(indices).values
     generator = torch.Generator(device="cpu").manual_seed(0)
-    sample = flat[torch.randint(0, n, (THRESHOLD_SAMPLE,), generator=generator).to(flat.device)].abs()
+    sample = flat[torch.randint(0, n, (size,), generator=generator).to(flat.device)].abs()
     p = k / n
-    expected = p * THRESHOLD_SAMPLE
-    rank = min(THRESHOLD_SAMPLE, int(expected + 4.0 * math.sqrt(expected * (1.0 - p)) + 8))
+    expected = p * size
+    rank = min(size, int(expected + 4.0 * math.sqrt(expected * (1.0 - p)) + 8))
     threshold = float(torch.topk(sample, rank, sorted=False).values.min())
     small = (flat < threshold).logical_and_(flat > -threshold)  # |x| < t; False for NaN
     candidates = _ascending_nonzero(small.logical_not_())
@@ -168,7 +171,8 @@ class TopKCompressor(LevelledCompressor):
     def _keep_residual(self, name: str, flat: torch.Tensor, indices: torch.Tensor,
                        shape: tuple[int, ...]) -> None:
         if self.error_feedback:
-            rest = flat.clone()
+            # M is a new tensor once a residual was added; in round 1 it may be the update itself
+            rest = flat if name in self._residual else flat.clone()
             rest[indices] = 0.0
             self._residual[name] = rest.reshape(shape)
 
