@@ -100,6 +100,7 @@ class RunConfig:
     # membership inference
     mia: bool = _D["mia"]
     mia_samples: int = _D["mia_samples"]
+    mia_reference_models: int = _D["mia_reference_models"]
 
     # ------------------------------------------------------------------ helpers
     def client_dp(self) -> ClientDP | None:

@@ -316,6 +316,11 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ConfigKey("mia-samples", 500, ">= 2",
               "at most this many members and as many non-members in the black-box attacks",
               When("mia", (False,), negate=True), check=lambda v: v >= 2),
+    ConfigKey("mia-reference-models", 0, ">= 0",
+              "reference models for LiRA and RMIA on the final model, trained like it on halves of the "
+              "black-box candidates and cached in `<output-dir>/reference-models` (0: no LiRA, no RMIA; "
+              "see \"Membership inference\")",
+              When("mia", (False,), negate=True), check=lambda v: v >= 0),
 )
 
 #: Row of each key.

@@ -34,7 +34,7 @@ import sys
 import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
@@ -115,6 +115,16 @@ class MIAMetrics:
         TPR at FPR <= 1% and <= 0.1%.
     members, nonmembers:
         Evaluation candidates of each kind.
+    reference_models:
+        Reference models the attack used (LiRA, RMIA; 0 for the others).
+    threshold:
+        How ``accuracy``'s threshold was set: ``oracle`` (on calibration candidates whose
+        membership is known, which no real attacker has: an upper bound), ``shadow`` (on a
+        reference model playing the target, whose training data the attacker chose).
+    auc_low, auc_high, tpr_at_1pct_fpr_low, ..., tpr_at_0_1pct_fpr_high:
+        Stratified percentile-bootstrap 95% intervals (:mod:`fedtrust.attacks.mia.intervals`)
+        over ``resamples`` resamples of the evaluated candidates; empty (``None``) in files
+        from before they were computed.
     """
 
     attack: str
@@ -125,6 +135,15 @@ class MIAMetrics:
     tpr_at_0_1pct_fpr: float
     members: int
     nonmembers: int
+    reference_models: int = field(default=0, kw_only=True)
+    threshold: str = field(default="oracle", kw_only=True)
+    auc_low: float | None = field(default=None, kw_only=True)
+    auc_high: float | None = field(default=None, kw_only=True)
+    tpr_at_1pct_fpr_low: float | None = field(default=None, kw_only=True)
+    tpr_at_1pct_fpr_high: float | None = field(default=None, kw_only=True)
+    tpr_at_0_1pct_fpr_low: float | None = field(default=None, kw_only=True)
+    tpr_at_0_1pct_fpr_high: float | None = field(default=None, kw_only=True)
+    resamples: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True)

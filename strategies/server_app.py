@@ -17,6 +17,7 @@ from flwr.supercore import log
 
 from fedtrust.attacks.gradinv import GradInvConfig
 from fedtrust.attacks.gradinv.report import GradInvReport
+from fedtrust.attacks.mia.reference import ReferenceSpec
 from fedtrust.attacks.mia.report import MIAReport
 from fedtrust.compression import codec_class, codec_names, get_codec, spec_from_run_config
 from fedtrust.config import ConfigError, RunConfig, config_differences, parse_run_config
@@ -77,11 +78,27 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
     train_x, train_y = train.to_tensors()
     test_x, test_y = test.to_tensors()
     step = server_step(cfg.local_mode, cfg.lr, cfg.server_lr)
+    reference = None
+    if cfg.mia_reference_models > 0:
+        reference = ReferenceSpec(model=cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels,
+                                  count=cfg.mia_reference_models, epochs=reference_epochs(cfg),
+                                  batch_size=cfg.batch_size, lr=cfg.lr, pool_id=cfg.dataset, seed=cfg.seed)
     return MIAReport(folder=folder.path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                      model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
                                                 in_channels=train.spec.channels),
                      num_classes=train.spec.num_classes, compressor=cfg.compressor_spec(), step=step,
-                     seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device))
+                     seed=cfg.seed, max_per_side=cfg.mia_samples, device=select_device(cfg.device),
+                     reference=reference, reference_cache=Path(folder.path).parent / "reference-models")
+
+
+def reference_epochs(cfg: RunConfig) -> int:
+    """Epochs a reference model trains for over its half of the candidates (``mia-samples`` per
+    side, so about ``mia-samples`` samples): FedAvg, the global model's ``rounds x
+    local-epochs`` passes over its clients' data; FedSGD, as many samples as the rounds'
+    steps took (``rounds x batch-size``), at least one epoch."""
+    if cfg.local_mode == "fedavg":
+        return cfg.num_server_rounds * cfg.local_epochs
+    return max(1, round(cfg.num_server_rounds * cfg.batch_size / max(cfg.mia_samples, 1)))
 
 
 def check_num_partitions(cfg: RunConfig, num_train: int) -> None:

@@ -205,7 +205,8 @@ def test_general_keys_matter_under_the_documented_conditions():
     assert set(ignored_keys(base)) == {"dirichlet-alpha", "local-epochs", "level", "powersgd-mode", "topk-scope",
                                        "error-feedback", "attack-round", "attack-clients", "attack-images",
                                        "attacker", "attack-labels", "attack-iterations", "attack-restarts",
-                                       "tv-weight", "mia-samples", "dp-noise-multiplier", "dp-delta"}
+                                       "tv-weight", "mia-samples", "mia-reference-models", "dp-noise-multiplier",
+                                       "dp-delta"}
     busy = {**base, "partitioner": "dirichlet", "local-mode": "fedavg", "attack": "gradinv", "mia": True,
             "compressor": "powersgd"}
     assert ignored_keys(busy) == ["client-model-mode", "topk-scope", "dp-noise-multiplier", "dp-delta"]  # FedAvg

@@ -47,7 +47,9 @@ from fedtrust.training import batch_gradient
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "page", "text")
 #: The columns of mia.csv, in order (the tables read them by name).
 MIA_COLUMNS = ["attack", "scope", "accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members",
-               "nonmembers", "compressor", "level", "round", "client", "seed"]
+               "nonmembers", "reference_models", "threshold", "auc_low", "auc_high", "tpr_at_1pct_fpr_low",
+               "tpr_at_1pct_fpr_high", "tpr_at_0_1pct_fpr_low", "tpr_at_0_1pct_fpr_high", "resamples",
+               "compressor", "level", "round", "client", "seed"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -265,6 +267,10 @@ def test_blackbox_on_overfit_model(overfit_setup: dict, tmp_path) -> None:
     assert loss.accuracy >= 0.75
     assert by[("modified_entropy", "global")].auc >= 0.8
     assert by[("loss", "per_class")].auc == loss.auc  # thresholds do not change the ROC
+    # every attack reports its intervals, and its threshold is labelled as the oracle it is
+    assert loss.auc_low <= loss.auc <= loss.auc_high and loss.auc_high - loss.auc_low < 0.2
+    assert loss.tpr_at_1pct_fpr_low <= loss.tpr_at_1pct_fpr <= loss.tpr_at_1pct_fpr_high
+    assert loss.resamples == 1000 and loss.threshold == "oracle" and loss.reference_models == 0
     rows = [MIARow.of(r, compressor="topk", level=2, round=3, client=None, seed=0) for r in results]
     append_rows(tmp_path / "mia.csv", rows[:4])
     append_rows(tmp_path / "mia.csv", rows[4:])

@@ -8,7 +8,8 @@
 * :meth:`MIAReport.finish` runs the black-box attacks (:func:`run_blackbox_mia`) on
   the final global model: members are the train samples the clients trained on
   (FedSGD: the batches they drew; FedAvg: their partitions), non-members held-out
-  test samples no client ever saw.
+  test samples no client ever saw; with ``reference`` also LiRA and RMIA
+  (:func:`~fedtrust.attacks.mia.reference_run.run_reference_mia`) on the same candidates.
 
 Results go to ``mia.csv``, one :class:`~fedtrust.records.MIARow` per attack and scope
 (attack, scope, accuracy, auc, tpr_at_1pct_fpr, tpr_at_0_1pct_fpr, members, nonmembers,
@@ -19,9 +20,10 @@ attack and empty for the final model) with ROC figures ``mia_roc.png`` and
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,10 @@ import torch
 from torch import nn
 
 from fedtrust.attacks.mia.blackbox import run_blackbox_mia
+from fedtrust.attacks.mia.reference import ReferenceSpec
+from fedtrust.attacks.mia.reference_run import run_reference_mia
 from fedtrust.attacks.mia.result import MIAResult, plot_results_roc
+from fedtrust.attacks.mia.sampling import draw_membership_split
 from fedtrust.attacks.mia.update_attack import run_update_mia
 from fedtrust.compression.spec import CompressorSpec
 from fedtrust.interception import InterceptedUpdate
@@ -62,6 +67,9 @@ class MIAReport:
         The run's seed: of the candidates' draws (recorded in each row).
     device, progress:
         Where the attacks run (``None``: where the model is) and whether to show progress bars.
+    reference, reference_cache:
+        How LiRA's and RMIA's reference models are trained (its ``pool_id`` is completed with
+        the candidates drawn) and where they are cached; ``None``: no LiRA, no RMIA.
     """
 
     folder: Path
@@ -78,6 +86,8 @@ class MIAReport:
     update_nonmembers: int = 200
     device: torch.device | None = None
     progress: bool = True
+    reference: ReferenceSpec | None = None
+    reference_cache: Path | None = None
     rows: list[MIARow] = field(default_factory=list)
 
     @property
@@ -121,6 +131,38 @@ class MIAReport:
                                    num_classes=self.num_classes, seed=self.seed, device=self.device,
                                    progress=self.progress, max_per_side=self.max_per_side)
         self._record(results, server_round, None)
+        if self.reference is not None:
+            reference = self._reference_attacks(model, idx)
+            self._record(reference, server_round, None)
+            results = results + reference
         plot_results_roc(results, Path(self.folder) / "mia_roc.png",
                          title=f"Black-box MIA on the final model ({len(idx)} member candidates)")
+        return results
+
+    def _reference_attacks(self, model: nn.Module, member_idx: torch.Tensor) -> list[MIAResult]:
+        """LiRA and RMIA on the black-box attacks' candidates (the same draw), with the test
+        samples that are not candidates as RMIA's population."""
+        split = draw_membership_split(len(member_idx), len(self.test_x), seed=self.seed,
+                                      max_per_side=self.max_per_side)
+        mem = member_idx[torch.as_tensor(split.members)]
+        non = torch.as_tensor(split.nonmembers)
+        population = torch.as_tensor(np.setdiff1d(np.arange(len(self.test_x)), split.nonmembers))
+        if len(population) == 0:
+            log.warning("LiRA/RMIA skipped: every test sample is a candidate, none is left as population")
+            return []
+        digest = hashlib.sha256(np.r_[mem.numpy(), -1, non.numpy()].astype(np.int64).tobytes()).hexdigest()[:12]
+        spec = replace(self.reference, pool_id=f"{self.reference.pool_id}:{digest}")
+        cache = self.reference_cache or Path(self.folder) / "reference-models"
+        done = []
+
+        def progress(i: int, n: int) -> None:
+            done.append(i)
+            log.info("reference model %d/%d ready", i, n)
+
+        results, refs = run_reference_mia(model, torch.cat([self.train_x[mem], self.test_x[non]]),
+                                          torch.cat([self.train_y[mem], self.test_y[non]]), split.is_member,
+                                          self.test_x[population], self.test_y[population], spec, cache,
+                                          seed=self.seed, device=self.device, progress=progress)
+        log.info("LiRA/RMIA: %d reference model(s) trained, %d reused from %s", refs.trained, refs.reused,
+                 refs.folder)
         return results

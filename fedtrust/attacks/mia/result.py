@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedtrust.attacks.mia.intervals import METRIC_RESAMPLES, metric_intervals
 from fedtrust.attacks.mia.metrics import (
     allowed_false_positives,
     balanced_accuracy,
@@ -54,7 +55,7 @@ class MIAResult(MIAMetrics):
 
 
 def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndarray,
-                    is_member: np.ndarray, split: MembershipSplit) -> MIAResult:
+                    is_member: np.ndarray, split: MembershipSplit, seed: int = 0) -> MIAResult:
     """Fit thresholds on the calibration candidates and score the evaluation candidates.
 
     Parameters
@@ -68,6 +69,8 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
         Per-candidate arrays in the order of ``split`` (members first).
     split:
         Which candidates calibrate and which are evaluated.
+    seed:
+        Seed of the metrics' bootstrap intervals.
 
     Returns
     -------
@@ -83,14 +86,31 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
     ev = split.evaluation
     s_ev, m_ev = scores[ev], is_member[ev]
     predicted = rule.predict(s_ev, labels[ev])
-    fpr, tpr, _ = roc_curve(s_ev, m_ev)
-    n_non = int((~m_ev).sum())
-    return MIAResult(attack=attack, scope=scope,
-                     accuracy=balanced_accuracy(predicted, m_ev),
-                     auc=roc_auc(s_ev, m_ev),
-                     tpr_at_1pct_fpr=tpr_at_fpr(s_ev, m_ev, 0.01),
-                     tpr_at_0_1pct_fpr=tpr_at_fpr(s_ev, m_ev, 0.001),
-                     members=int(m_ev.sum()), nonmembers=n_non,
+    return scored_result(attack, scope, s_ev, m_ev, accuracy=balanced_accuracy(predicted, m_ev), rule=rule,
+                         seed=seed)
+
+
+def scored_result(attack: str, scope: str, scores: np.ndarray, is_member: np.ndarray, *, accuracy: float,
+                  threshold: str = "oracle", reference_models: int = 0, rule: ThresholdRule | None = None,
+                  seed: int = 0, resamples: int = METRIC_RESAMPLES) -> MIAResult:
+    """The result of ``scores`` on evaluated candidates: AUC and TPR at 1% and 0.1% FPR with
+    their bootstrap intervals (:func:`~fedtrust.attacks.mia.intervals.metric_intervals`),
+    and the balanced ``accuracy`` of a threshold set as ``threshold`` says."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    is_member = np.asarray(is_member, dtype=bool).reshape(-1)
+    fpr, tpr, _ = roc_curve(scores, is_member)
+    n_non = int((~is_member).sum())
+    ci = metric_intervals(scores[is_member], scores[~is_member], resamples=resamples, seed=seed)
+    return MIAResult(attack=attack, scope=scope, accuracy=float(accuracy),
+                     auc=roc_auc(scores, is_member),
+                     tpr_at_1pct_fpr=tpr_at_fpr(scores, is_member, 0.01),
+                     tpr_at_0_1pct_fpr=tpr_at_fpr(scores, is_member, 0.001),
+                     members=int(is_member.sum()), nonmembers=n_non,
+                     reference_models=int(reference_models), threshold=threshold,
+                     auc_low=ci.auc.low, auc_high=ci.auc.high,
+                     tpr_at_1pct_fpr_low=ci.tpr_at_1pct_fpr.low, tpr_at_1pct_fpr_high=ci.tpr_at_1pct_fpr.high,
+                     tpr_at_0_1pct_fpr_low=ci.tpr_at_0_1pct_fpr.low,
+                     tpr_at_0_1pct_fpr_high=ci.tpr_at_0_1pct_fpr.high, resamples=ci.resamples,
                      fpr_floor_1pct_n=allowed_false_positives(n_non, 0.01),
                      fpr_floor_0_1pct_n=allowed_false_positives(n_non, 0.001),
                      roc=(fpr, tpr), rule=rule)
