@@ -80,8 +80,10 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
     step = server_step(cfg.local_mode, cfg.lr, cfg.server_lr)
     reference = None
     if cfg.mia_reference_models > 0:
+        fedavg = cfg.local_mode == "fedavg"
         reference = ReferenceSpec(model=cfg.model, num_classes=train.spec.num_classes, in_channels=train.spec.channels,
-                                  count=cfg.mia_reference_models, epochs=reference_epochs(cfg),
+                                  count=cfg.mia_reference_models, rounds=cfg.num_server_rounds if fedavg else 1,
+                                  local_epochs=cfg.local_epochs if fedavg else fedsgd_reference_epochs(cfg),
                                   batch_size=cfg.batch_size, lr=cfg.lr, pool_id=cfg.dataset, seed=cfg.seed)
     return MIAReport(folder=folder.path, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                      model_fn=lambda: get_model(cfg.model, num_classes=train.spec.num_classes,
@@ -91,13 +93,11 @@ def make_mia_report(cfg: RunConfig, train, folder: RunFolder) -> MIAReport:
                      reference=reference, reference_cache=Path(folder.path).parent / "reference-models")
 
 
-def reference_epochs(cfg: RunConfig) -> int:
-    """Epochs a reference model trains for over its half of the candidates (``mia-samples`` per
-    side, so about ``mia-samples`` samples): FedAvg, the global model's ``rounds x
-    local-epochs`` passes over its clients' data; FedSGD, as many samples as the rounds'
-    steps took (``rounds x batch-size``), at least one epoch."""
-    if cfg.local_mode == "fedavg":
-        return cfg.num_server_rounds * cfg.local_epochs
+def fedsgd_reference_epochs(cfg: RunConfig) -> int:
+    """A FedSGD target's training as epochs of a reference model over its half of the candidates
+    (about ``mia-samples`` samples): as many samples as the rounds' steps took
+    (``rounds x batch-size``), at least one epoch. (A FedAvg target's reference models run
+    FedAvg with its rounds, local epochs and number of clients.)"""
     return max(1, round(cfg.num_server_rounds * cfg.batch_size / max(cfg.mia_samples, 1)))
 
 
@@ -228,7 +228,8 @@ def finish_reports(cfg: RunConfig, train, strategy: CompressedFedAvg, final_stat
     if mia is not None:
         members = member_indices(cfg, train.labels, strategy)
         log(INFO, "membership inference on the final model: %d member candidates", len(members))
-        mia.finish(final_state, members, cfg.num_server_rounds)
+        mia.finish(final_state, members, cfg.num_server_rounds,
+                   clients=len(strategy.partitions_seen) if cfg.local_mode == "fedavg" else 1)
         log(INFO, "membership inference: %s", mia.csv_path)
 
 

@@ -23,7 +23,8 @@ BASE = {"model": "convnet", "num-server-rounds": 2, "batch-size": 16, "eval-samp
         "intercept-rounds": "all", "intercept-clients": "all", "compressor": "none", "attack": "none", "mia": False}
 
 CASES = {
-    "none-fedavg": {"compressor": "none", "local-mode": "fedavg", "num-server-rounds": 3, "lr": 0.05},
+    "none-fedavg": {"compressor": "none", "local-mode": "fedavg", "num-server-rounds": 3, "lr": 0.05,
+                    "mia": True, "mia-samples": 100, "mia-reference-models": 2},
     "powersgd-allreduce": {"compressor": "powersgd", "level": 2, "powersgd-mode": "allreduce"},
     "powersgd-local": {"compressor": "powersgd", "level": 1, "powersgd-mode": "local"},
     "topk": {"compressor": "topk", "level": 4, "mia": True, "mia-samples": 200},
@@ -114,6 +115,28 @@ def test_fedavg_training_on_the_sample_beats_chance(runs):
     rows = read_rounds(folder)
     # 10 balanced classes: chance is 0.10.
     assert float(rows[-1]["test_accuracy"]) > 0.4, rows
+
+
+def test_fedavg_run_adds_lira_and_rmia_with_intervals_and_caches_their_reference_models(runs):
+    import pandas as pd
+
+    outcome, folder = runs["none-fedavg"]
+    assert outcome.ok, outcome.log[-3000:]
+    mia = pd.read_csv(folder / "mia.csv")
+    ref = mia[mia["scope"] == "reference"]
+    assert list(ref["attack"]) == ["lira_online", "lira_offline", "rmia_online", "rmia_offline"]
+    assert (ref["reference_models"] == 2).all() and (ref["threshold"] == "shadow").all()
+    blackbox = mia[mia["scope"] == "global"]
+    assert (blackbox["threshold"] == "oracle").all() and (blackbox["reference_models"] == 0).all()
+    # every attack is measured on the same evaluation candidates, with bootstrap intervals
+    assert set(mia.loc[mia["client"].isna(), "members"]) == {50} and (mia["resamples"] == 1000).all()
+    assert ((mia["auc_low"] <= mia["auc"]) & (mia["auc"] <= mia["auc_high"])).all()
+    assert ((mia["tpr_at_1pct_fpr_low"] <= mia["tpr_at_1pct_fpr"])
+            & (mia["tpr_at_1pct_fpr"] <= mia["tpr_at_1pct_fpr_high"])).all()
+    cached = list((folder.parent / "reference-models").glob("*/ref*.pt"))
+    assert len(cached) == 2, cached
+    spec = json.loads(next((folder.parent / "reference-models").glob("*/spec.json")).read_text())
+    assert (spec["rounds"], spec["clients"], spec["count"]) == (3, 3, 2)  # trained like the target: FedAvg
 
 
 def test_gradinv_run_writes_csv_pngs_and_grid(runs):

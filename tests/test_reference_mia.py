@@ -130,7 +130,8 @@ def test_reference_models_are_cached_by_their_setting(tmp_path):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 28, 28, generator=gen)
     y = torch.randint(0, 10, (64,), generator=gen)
-    spec = ReferenceSpec("convnet", 10, 1, count=2, epochs=1, batch_size=16, lr=0.05, pool_id="test-64", seed=3)
+    spec = ReferenceSpec("convnet", 10, 1, count=2, rounds=2, local_epochs=1, batch_size=16, lr=0.05,
+                         pool_id="test-64", clients=2, seed=3)
     first = train_reference_models(spec, x, y, tmp_path)
     assert (first.trained, first.reused) == (2, 0)
     again = train_reference_models(spec, x, y, tmp_path)
@@ -143,4 +144,4 @@ def test_reference_models_are_cached_by_their_setting(tmp_path):
     assert (changed.trained, changed.reused) == (2, 0) and changed.folder != first.folder
     assert not torch.equal(changed.states[0]["fc.weight"], first.states[0]["fc.weight"])
     with pytest.raises(ValueError, match="count"):
-        ReferenceSpec("convnet", 10, 1, count=0, epochs=1, batch_size=16, lr=0.05, pool_id="x")
+        ReferenceSpec("convnet", 10, 1, count=0, rounds=1, local_epochs=1, batch_size=16, lr=0.05, pool_id="x")

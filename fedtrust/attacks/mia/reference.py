@@ -7,11 +7,14 @@ use. Reference model ``i`` trains on a seeded random half of the pool
 what online LiRA needs for the candidates it scores (put them in the pool), and what
 offline attacks ignore (they use the OUT models).
 
-The target of a fedtrust run is trained by FedAvg over clients; a reference model is
-trained centrally for the same number of SGD steps a client's data would give
-(``epochs`` over ``train_size`` samples at ``batch_size``). That is the usual
-shadow-model approximation of a federated target, stated here because the two differ
-in how the steps are averaged.
+The target of a fedtrust run is trained by FedAvg over clients, and so is a reference
+model: its half of the candidates is dealt into ``clients`` shards, and for ``rounds``
+rounds every shard trains ``local_epochs`` of SGD from the current model, whose new
+weights are the shards' mean weighted by their sizes (FedAvg at server step 1, what
+the target's server does by default). Differences that remain: the target's clients
+hold their partitions (non-IID with the Dirichlet partitioner) and the reference's
+shards are IID; a FedSGD target is approximated by ``clients = rounds = 1`` and the
+epochs its steps amount to.
 
 Caching: the models and their IN masks are saved under ``cache_dir / spec.key()``,
 where the key hashes every field of the :class:`ReferenceSpec` (the pool included, by the
@@ -43,7 +46,9 @@ class ReferenceSpec:
         The architecture (:func:`fedtrust.models.get_model`).
     count:
         Reference models.
-    epochs, batch_size, lr:
+    rounds, local_epochs, clients:
+        FedAvg as the target was trained: rounds, each shard's epochs per round, shards.
+    batch_size, lr:
         SGD as the target's clients ran it.
     pool_id:
         What the pool is (e.g. the data set and a hash of its indices): a different pool
@@ -56,16 +61,21 @@ class ReferenceSpec:
     num_classes: int
     in_channels: int
     count: int
-    epochs: int
+    rounds: int
+    local_epochs: int
     batch_size: int
     lr: float
     pool_id: str
+    clients: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError(f"reference models: count={self.count}, epochs={self.epochs}, "
-                             f"batch_size={self.batch_size} must be >= 1 and lr={self.lr} > 0")
+        counts = {"count": self.count, "rounds": self.rounds, "local_epochs": self.local_epochs,
+                  "batch_size": self.batch_size, "clients": self.clients}
+        bad = {k: v for k, v in counts.items() if not (isinstance(v, int) and v >= 1)}
+        if bad or not self.lr > 0:
+            raise ValueError(f"reference models: {', '.join(f'{k}={v!r}' for k, v in bad.items())} must be "
+                             f"integers >= 1 and lr={self.lr!r} > 0")
 
     def key(self) -> str:
         """The cache folder's name: a hash of every field."""
@@ -111,6 +121,30 @@ def pool_halves(spec: ReferenceSpec, pool_size: int) -> np.ndarray:
     return masks
 
 
+def _train_one(spec: ReferenceSpec, i: int, x: torch.Tensor, y: torch.Tensor,
+               device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Reference model ``i`` by FedAvg on ``(x, y)`` dealt into ``spec.clients`` shards."""
+    seeds = np.random.SeedSequence([spec.seed, i]).generate_state(3)
+    torch.manual_seed(int(seeds[0]))
+    net = get_model(spec.model, spec.num_classes, spec.in_channels).to(device)
+    generator = torch.Generator().manual_seed(int(seeds[1]))
+    shards = [s for s in np.array_split(np.random.default_rng(int(seeds[2])).permutation(len(x)), spec.clients)
+              if s.size]
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    for _ in range(spec.rounds):
+        states, weights = [], []
+        for shard in shards:
+            net.load_state_dict(state)
+            idx = torch.from_numpy(shard).to(x.device)
+            fedavg_train(net, x[idx], y[idx], spec.local_epochs, spec.batch_size, spec.lr, generator)
+            states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+            weights.append(float(shard.size))
+        total = sum(weights)
+        state = {k: (sum(w * s[k] for s, w in zip(states, weights)) / total).to(v.dtype)
+                 if v.is_floating_point() else states[0][k] for k, v in state.items()}
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
 def train_reference_models(spec: ReferenceSpec, pool_x: torch.Tensor, pool_y: torch.Tensor,
                            cache_dir: str | Path, *, device: torch.device | str = "cpu",
                            progress: Callable[[int, int], None] | None = None) -> ReferenceModels:
@@ -146,13 +180,8 @@ def train_reference_models(spec: ReferenceSpec, pool_x: torch.Tensor, pool_y: to
                 if progress:
                     progress(i + 1, spec.count)
                 continue
-        torch.manual_seed(int(np.random.SeedSequence([spec.seed, i, 1]).generate_state(1)[0]))
-        net = get_model(spec.model, spec.num_classes, spec.in_channels).to(device)
-        idx = torch.from_numpy(np.flatnonzero(masks[i]))
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([spec.seed, i, 2]).generate_state(1)[0]))
-        fedavg_train(net, pool_x[idx].to(device), pool_y[idx].to(device), spec.epochs, spec.batch_size, spec.lr,
-                     generator)
-        state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        half = torch.from_numpy(np.flatnonzero(masks[i]))
+        state = _train_one(spec, i, pool_x[half].to(device), pool_y[half].to(device), device)
         tmp = path.with_suffix(".tmp")
         torch.save({"state": state, "pool_in": torch.from_numpy(masks[i]), "pool_size": len(pool_x)}, tmp)
         tmp.replace(path)  # a model is in the cache whole or not at all

@@ -76,7 +76,8 @@ def _scores(attack: str, target: tuple[np.ndarray, np.ndarray], target_pop: tupl
 
 def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y: torch.Tensor,
                       is_member: np.ndarray, population_x: torch.Tensor, population_y: torch.Tensor,
-                      spec: ReferenceSpec, cache_dir: str | Path, *, seed: int = 0,
+                      spec: ReferenceSpec, cache_dir: str | Path, *, evaluate: np.ndarray | None = None,
+                      seed: int = 0,
                       device: torch.device | str | None = None, batch_size: int = 256,
                       progress: Callable[[int, int], None] | None = None) -> tuple[list[MIAResult], ReferenceModels]:
     """LiRA and RMIA against ``model`` on the candidates; their reference models.
@@ -94,6 +95,10 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
         How the reference models are trained (``count`` >= 1).
     cache_dir:
         Where reference models are cached.
+    evaluate:
+        The candidates the metrics are computed on (default: all); every candidate is in the
+        reference models' pool either way. The run passes the black-box attacks' evaluation
+        part, so that every attack of ``mia.csv`` is measured on the same candidates.
     seed:
         Seed of the metrics' bootstrap intervals.
     """
@@ -114,6 +119,7 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
     per_ref = [outputs(refs.model(i, home)) for i in range(spec.count)]
     ref_sig, ref_pop = _stack([c for c, _ in per_ref]), _stack([p for _, p in per_ref])
 
+    ev = np.arange(is_member.size) if evaluate is None else np.asarray(evaluate, dtype=np.int64)
     results: list[MIAResult] = []
     for count in ([spec.count] if spec.count <= 2 else [spec.count, 2]):
         for attack in REFERENCE_ATTACKS:
@@ -128,8 +134,9 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
                 shadow = _scores(attack, _row(ref_sig, 0), _row(ref_pop, 0), _rows(ref_sig, 1, count),
                                  _rows(ref_pop, 1, count), refs.pool_in[1:count])
                 threshold = best_threshold(shadow, refs.pool_in[0])
-                accuracy = ((scores[is_member] >= threshold).mean() + (scores[~is_member] < threshold).mean()) / 2
+                s_ev, m_ev = scores[ev], is_member[ev]
+                accuracy = ((s_ev[m_ev] >= threshold).mean() + (s_ev[~m_ev] < threshold).mean()) / 2
                 how = "shadow"
-            results.append(scored_result(attack, "reference", scores, is_member, accuracy=float(accuracy),
+            results.append(scored_result(attack, "reference", scores[ev], is_member[ev], accuracy=float(accuracy),
                                          threshold=how, reference_models=count, seed=seed))
     return results, refs

@@ -122,8 +122,10 @@ class MIAReport:
                          title=f"Update MIA, round {item.round}, client {item.partition_id}")
         return results
 
-    def finish(self, state: dict[str, torch.Tensor], member_indices: np.ndarray, server_round: int) -> list[MIAResult]:
-        """Black-box attacks on the final global model."""
+    def finish(self, state: dict[str, torch.Tensor], member_indices: np.ndarray, server_round: int,
+               clients: int = 1) -> list[MIAResult]:
+        """Black-box attacks on the final global model (``clients``: the partitions that trained
+        it, as many as the reference models' FedAvg deals their data into)."""
         model = self.model_fn()
         model.load_state_dict(state)
         idx = torch.as_tensor(np.unique(np.asarray(member_indices, dtype=np.int64)))
@@ -132,14 +134,14 @@ class MIAReport:
                                    progress=self.progress, max_per_side=self.max_per_side)
         self._record(results, server_round, None)
         if self.reference is not None:
-            reference = self._reference_attacks(model, idx)
+            reference = self._reference_attacks(model, idx, max(int(clients), 1))
             self._record(reference, server_round, None)
             results = results + reference
         plot_results_roc(results, Path(self.folder) / "mia_roc.png",
                          title=f"Black-box MIA on the final model ({len(idx)} member candidates)")
         return results
 
-    def _reference_attacks(self, model: nn.Module, member_idx: torch.Tensor) -> list[MIAResult]:
+    def _reference_attacks(self, model: nn.Module, member_idx: torch.Tensor, clients: int) -> list[MIAResult]:
         """LiRA and RMIA on the black-box attacks' candidates (the same draw), with the test
         samples that are not candidates as RMIA's population."""
         split = draw_membership_split(len(member_idx), len(self.test_x), seed=self.seed,
@@ -151,7 +153,7 @@ class MIAReport:
             log.warning("LiRA/RMIA skipped: every test sample is a candidate, none is left as population")
             return []
         digest = hashlib.sha256(np.r_[mem.numpy(), -1, non.numpy()].astype(np.int64).tobytes()).hexdigest()[:12]
-        spec = replace(self.reference, pool_id=f"{self.reference.pool_id}:{digest}")
+        spec = replace(self.reference, pool_id=f"{self.reference.pool_id}:{digest}", clients=clients)
         cache = self.reference_cache or Path(self.folder) / "reference-models"
         done = []
 
@@ -162,7 +164,8 @@ class MIAReport:
         results, refs = run_reference_mia(model, torch.cat([self.train_x[mem], self.test_x[non]]),
                                           torch.cat([self.train_y[mem], self.test_y[non]]), split.is_member,
                                           self.test_x[population], self.test_y[population], spec, cache,
-                                          seed=self.seed, device=self.device, progress=progress)
+                                          evaluate=split.evaluation, seed=self.seed, device=self.device,
+                                          progress=progress)
         log.info("LiRA/RMIA: %d reference model(s) trained, %d reused from %s", refs.trained, refs.reused,
                  refs.folder)
         return results
