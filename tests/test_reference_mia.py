@@ -145,3 +145,33 @@ def test_reference_models_are_cached_by_their_setting(tmp_path):
     assert not torch.equal(changed.states[0]["fc.weight"], first.states[0]["fc.weight"])
     with pytest.raises(ValueError, match="count"):
         ReferenceSpec("convnet", 10, 1, count=0, rounds=1, local_epochs=1, batch_size=16, lr=0.05, pool_id="x")
+
+
+def test_the_reference_mia_table_averages_seeds_per_attack(tmp_path):
+    from experiments.reference_mia import collect, render, summarise
+    from fedtrust.records import MIARow, append_rows
+
+    folders = []
+    for seed, (loss_auc, lira_auc) in zip((1, 2), ((0.60, 0.70), (0.64, 0.80))):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        common = {"accuracy": 0.6, "tpr_at_1pct_fpr": 0.02, "tpr_at_0_1pct_fpr": 0.0, "members": 150,
+                  "nonmembers": 150, "compressor": "none", "level": 0, "round": 30, "client": None, "seed": seed,
+                  "auc_low": 0.5, "auc_high": 0.9, "tpr_at_1pct_fpr_low": 0.0, "tpr_at_1pct_fpr_high": 0.1,
+                  "resamples": 1000}
+        append_rows(folder / "mia.csv", [
+            MIARow(attack="loss", scope="global", auc=loss_auc, **common),
+            MIARow(attack="loss", scope="per_class", auc=0.5, **common),
+            MIARow(attack="lira_online", scope="reference", auc=lira_auc, reference_models=8, threshold="shadow",
+                   **common),
+            MIARow(attack="update_cosine", scope="update", auc=0.9, **{**common, "client": 0}),
+        ])
+        (folder / "rounds.csv").write_text("round,test_accuracy,train_loss\n30,0.7,0.01\n")
+        folders.append(folder)
+    rows = collect(folders)
+    assert set(rows["attack"]) == {"loss", "lira_online"}  # per-class and update rows are not in the table
+    table = summarise(rows).set_index("attack")
+    assert table.loc["loss", "auc"] == pytest.approx(0.62) and table.loc["lira_online", "auc_max"] == 0.80
+    assert table.loc["lira_online", "seeds"] == 2 and table.loc["lira_online", "threshold"] == "shadow"
+    text = render(summarise(rows), rows, "python -m experiments.reference_mia")
+    assert "0.750 (0.700-0.800)" in text and "1 false positive(s) at 1% FPR" in text
