@@ -335,6 +335,26 @@ def test_update_attack_uncompressed(fedsgd_update: dict) -> None:
     assert res["update_cosine_aware"].auc == pytest.approx(res["update_cosine"].auc)
 
 
+def test_update_regression_sets_its_threshold_without_knowing_membership(fedsgd_update: dict) -> None:
+    """With the batch size the server gave the client, alpha >= 1/(2 b) decides: no calibration
+    candidate's membership is used, and the row says so."""
+    s = fedsgd_update
+    comp = get_compressor("none", layout=layout_of(s["grads"]))
+    payload = comp.encode(s["grads"])
+    args = (s["model"], payload, comp.decode(payload), comp.describe(), {}, s["bx"], s["by"], s["nx"], s["ny"])
+    oracle = {r.attack: r for r in run_update_mia(*args, step=0.1, seed=0, progress=False)}
+    free = {r.attack: r for r in run_update_mia(*args, step=0.1, seed=0, progress=False, batch_size=8)}
+    assert oracle["update_regression"].threshold == "oracle"
+    reg = free["update_regression"]
+    assert reg.threshold == "label-free" and reg.auc == oracle["update_regression"].auc
+    assert reg.accuracy >= 0.9  # members weigh 1/8, non-members about 0
+    assert free["update_cosine"].threshold == "oracle"
+    wrong = {r.attack: r for r in run_update_mia(*args, step=0.1, seed=0, progress=False, batch_size=10**6)}
+    assert wrong["update_regression"].accuracy < reg.accuracy  # the rule follows the configured batch size
+    with pytest.raises(ValueError, match="batch_size"):
+        run_update_mia(*args, step=0.1, seed=0, progress=False, batch_size=0)
+
+
 def test_update_regression_beats_class_matched_nonmembers(fedsgd_update: dict, fashion: tuple) -> None:
     _, _, tx, ty = fashion
     same = np.flatnonzero(np.isin(ty.numpy(), fedsgd_update["by"].numpy()))[:200]

@@ -116,7 +116,8 @@ class MIAReport:
         model.load_state_dict(item.global_state)
         results = run_update_mia(model, item.payload, item.decoded, item.compressor, item.public_state,
                                  self.train_x[idx], self.train_y[idx], self.test_x[non], self.test_y[non],
-                                 step=self.step, seed=self.seed, device=self.device, progress=self.progress)
+                                 step=self.step, seed=self.seed, device=self.device, progress=self.progress,
+                                 batch_size=int(item.train_config.get("batch-size", len(idx))))
         self._record(results, item.round, item.partition_id)
         plot_results_roc(results, Path(self.folder) / f"mia_update_roc_round{item.round}_client{item.partition_id}.png",
                          title=f"Update MIA, round {item.round}, client {item.partition_id}")

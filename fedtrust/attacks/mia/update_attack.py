@@ -64,7 +64,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from fedtrust.attacks.mia.result import MIAResult, evaluate_scores
+from fedtrust.attacks.mia.result import MIAResult, evaluate_scores, scored_result
 from fedtrust.attacks.mia.sampling import draw_membership_split
 from fedtrust.compression import CompressorSpec, get_codec
 from fedtrust.compression.base import Payload
@@ -342,7 +342,8 @@ def run_update_mia(model: nn.Module, observed_payload: Payload | Mapping[str, np
                    device: torch.device | str | None = None, progress: bool = True,
                    calibration_fraction: float = 0.5, balance: bool = False,
                    chunk_size: int | None = None,
-                   regression_dim: int = DEFAULT_REGRESSION_DIM) -> list[MIAResult]:
+                   regression_dim: int = DEFAULT_REGRESSION_DIM,
+                   batch_size: int | None = None) -> list[MIAResult]:
     """Membership inference against one client update.
 
     Parameters
@@ -379,6 +380,12 @@ def run_update_mia(model: nn.Module, observed_payload: Payload | Mapping[str, np
         Candidates per per-sample-gradient batch (see :func:`update_scores`).
     regression_dim:
         Sketch size bound of ``update_regression`` (see :func:`update_scores`).
+    batch_size:
+        The batch size of the training configuration the server gave the client (never the
+        scoring-only count of ``member_x``). With it, ``update_regression``'s accuracy uses
+        the attacker's label-free rule ``alpha >= 1 / (2 batch_size)`` (a member's weight is
+        ``1 / batch_size``, a non-member's about 0; ``threshold = "label-free"``); the other
+        attacks keep the threshold fitted on calibration candidates (``"oracle"``).
 
     Returns
     -------
@@ -399,5 +406,16 @@ def run_update_mia(model: nn.Module, observed_payload: Payload | Mapping[str, np
     scores = update_scores(model, pieces, decoded_update, x, y, step=step, device=device,
                            chunk_size=chunk_size, progress=progress, regression_dim=regression_dim,
                            sketch_seed=seed)
-    return [evaluate_scores(attack, "update", s, y.numpy(), split.is_member, split)
-            for attack, s in scores.by_attack().items()]
+    results = [evaluate_scores(attack, "update", s, y.numpy(), split.is_member, split, seed=seed)
+               for attack, s in scores.by_attack().items()]
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} must be >= 1")
+        ev = split.evaluation
+        s_ev, m_ev = scores.regression[ev], split.is_member[ev]
+        rule = 1.0 / (2.0 * batch_size)
+        accuracy = ((s_ev[m_ev] >= rule).mean() + (s_ev[~m_ev] < rule).mean()) / 2
+        at = [r.attack for r in results].index("update_regression")
+        results[at] = scored_result("update_regression", "update", s_ev, m_ev, accuracy=float(accuracy),
+                                    threshold="label-free", seed=seed)
+    return results
