@@ -51,6 +51,8 @@ BLACKBOX_SCOPES = ("global", "per_class")
 #: Update attacks (beyond the paper): column label -> fedtrust attack name.
 UPDATE_MIA = {"cosine": "update_cosine", "cosine (aware)": "update_cosine_aware",
               "loss drop": "update_loss_drop", "regression": "update_regression"}
+#: Reference-model attacks (``mia-reference-models`` > 0): column label -> fedtrust attack name.
+REFERENCE_MIA = {"LiRA": "lira_online", "RMIA": "rmia_online"}
 
 MIA_FOOTNOTE = ("Prediction MIA = the true-class softmax confidence (Shokri et al. 2017), Loss MIA = the "
                 "cross-entropy loss (Yeom et al. 2018), Cross-Entropy MIA = the modified entropy Mentr of "
@@ -59,7 +61,7 @@ MIA_FOOTNOTE = ("Prediction MIA = the true-class softmax confidence (Shokri et a
                 "non-members: held-out test samples).")
 
 #: Columns written as integers (empty where missing), not as floats.
-INT_COLUMNS = ("level", "n", "seed", "round", "members", "nonmembers", "rounds", "n_images")
+INT_COLUMNS = ("level", "n", "seed", "round", "members", "nonmembers", "rounds", "n_images", "reference_models")
 
 
 # ------------------------------------------------------------------ metadata and footers
@@ -420,20 +422,40 @@ def table2_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd
               .merge(update_means(attacks).assign(found=True), on=["cell", "attack"], how="left")
               .assign(source="update", scope="update"))
     update["n"] = update["n"].fillna(0).astype(int)
-    rows = _in_order(pd.concat([blackbox, update], ignore_index=True), datasets, algos, ("blackbox", "update"))
+    reference = _reference_rows(grid(algos, dataset=datasets, algorithm=keys)
+                                .merge(cell_frame(_of_kind(cells, "mia"), records), on=["dataset", "algorithm"]),
+                                attacks)
+    rows = _in_order(pd.concat([blackbox, update, reference], ignore_index=True), datasets, algos,
+                     ("blackbox", "update", "reference"))
     rows["status"] = _status(rows["found"])
     return _ints(rows.reset_index(drop=True))
 
 
+def _reference_rows(cells: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
+    """The LiRA and RMIA rows of the ``mia`` cells that ran them (none otherwise): the last
+    round's, per cell, attack and reference-model count, fewest reference models first."""
+    ref = attacks[attacks["scope"] == "reference"]
+    if ref.empty:
+        return pd.DataFrame()
+    last = ref.groupby(["cell", "attack", "reference_models"], sort=False)["round"].idxmax()
+    ref = ref.loc[last.to_numpy()].sort_values("reference_models", kind="stable")
+    rows = cells.merge(ref, on="cell", how="inner").assign(source="reference", found=True, n=1)
+    return rows
+
+
 def _candidate_intervals(rows: pd.DataFrame) -> None:
-    """Add the black-box rows' 95% intervals (in place): the balanced accuracy's normal
-    approximation and the AUC's Hanley-McNeil interval, over the evaluation candidates."""
+    """Add the black-box rows' 95% intervals (in place) over the evaluation candidates: the
+    AUC's stratified bootstrap interval where ``mia.csv`` has one, else its Hanley-McNeil
+    interval (cells from before), and the balanced accuracy's normal approximation."""
     acc = [balanced_accuracy_interval(a, m, n) if f is True else (np.nan, np.nan)
            for a, m, n, f in zip(rows["accuracy"], rows["members"], rows["nonmembers"], rows["found"])]
     auc = [auc_interval(a, m, n) if f is True else (np.nan, np.nan)
            for a, m, n, f in zip(rows["auc"], rows["members"], rows["nonmembers"], rows["found"])]
     rows["accuracy_low"], rows["accuracy_high"] = [v[0] for v in acc], [v[1] for v in acc]
-    rows["auc_low"], rows["auc_high"] = [v[0] for v in auc], [v[1] for v in auc]
+    for i, column in enumerate(("auc_low", "auc_high")):
+        fallback = pd.Series([v[i] for v in auc], index=rows.index, dtype=float)
+        boot = pd.to_numeric(rows[column], errors="coerce") if column in rows else fallback * np.nan
+        rows[column] = boot.where(boot.notna(), fallback)
 
 
 def _with_interval(values: pd.Series, low: pd.Series, high: pd.Series, percent: bool, digits: int) -> pd.Series:
@@ -451,8 +473,9 @@ def _with_interval(values: pd.Series, low: pd.Series, high: pd.Series, percent: 
 
 
 TABLE2_COLUMNS = ("dataset", "algorithm", "family", "level", "label", "source", "attack", "scope", "accuracy",
-                  "accuracy_low", "accuracy_high", "auc", "auc_low", "auc_high", "auc_std", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members", "nonmembers", "n",
-                  "round", "test_accuracy", "seed", "cell", "run_dir", "status")
+                  "accuracy_low", "accuracy_high", "auc", "auc_low", "auc_high", "auc_std", "tpr_at_1pct_fpr",
+                  "tpr_at_1pct_fpr_low", "tpr_at_1pct_fpr_high", "tpr_at_0_1pct_fpr", "members", "nonmembers", "n",
+                  "reference_models", "threshold", "round", "test_accuracy", "seed", "cell", "run_dir", "status")
 
 
 class Results:
@@ -518,6 +541,26 @@ def _update_block(res: Results) -> pd.DataFrame:
     return res.shown(columns)
 
 
+def _reference_block(res: Results) -> pd.DataFrame:
+    columns = {}
+    pick = {"source": "blackbox", "attack": "loss", "scope": "global"}
+    columns["Loss AUC"] = _with_interval(res.first("auc", **pick), res.first("auc_low", **pick),
+                                         res.first("auc_high", **pick), percent=False, digits=3)
+    columns["Loss TPR@1%"] = _with_interval(res.first("tpr_at_1pct_fpr", **pick),
+                                            res.first("tpr_at_1pct_fpr_low", **pick),
+                                            res.first("tpr_at_1pct_fpr_high", **pick), percent=True, digits=1)
+    for k, a in REFERENCE_MIA.items():
+        pick = {"source": "reference", "attack": a}
+        columns[f"{k} AUC"] = _with_interval(res.first("auc", **pick), res.first("auc_low", **pick),
+                                             res.first("auc_high", **pick), percent=False, digits=3)
+        columns[f"{k} TPR@1%"] = _with_interval(res.first("tpr_at_1pct_fpr", **pick),
+                                                res.first("tpr_at_1pct_fpr_low", **pick),
+                                                res.first("tpr_at_1pct_fpr_high", **pick), percent=True, digits=1)
+        columns[f"{k} ref. models"] = res.first("reference_models", **pick).map(
+            lambda v: MISSING if pd.isna(v) else str(int(v)))
+    return res.shown(columns)
+
+
 #: Table 2's sub-tables: the source of rows each needs, its title and how it is built.
 TABLE2_BLOCKS: tuple[tuple[str, str, Callable[[Results], pd.DataFrame]], ...] = (
     ("blackbox", "Table 2: membership-inference attack success (balanced accuracy, global threshold)", _paper_block),
@@ -525,6 +568,10 @@ TABLE2_BLOCKS: tuple[tuple[str, str, Callable[[Results], pd.DataFrame]], ...] = 
     ("blackbox", "Table 2c: per-class thresholds (balanced accuracy; AUC)", _per_class_block),
     ("update", ("Table 2d (beyond the paper): update attacks on intercepted FedSGD updates "
                 "(AUC, mean over the n intercepted client updates)"), _update_block),
+    ("reference", ("Table 2e (beyond the paper): reference-model attacks on the final model, LiRA (online, every "
+                   "reference model) and RMIA (online, the fewest reference models run), against the loss "
+                   "attack on the same candidates (AUC and TPR at 1% FPR, stratified bootstrap 95% intervals)"),
+     _reference_block),
 )
 
 

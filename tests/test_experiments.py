@@ -493,6 +493,37 @@ def test_table2_picks_the_papers_attacks_and_averages_update_attacks():
     assert list(rows["source"]) == ["blackbox"] * 8 + ["update"] * 4 + ["blackbox"] * 8 + ["update"] * 4
 
 
+def test_table2_shows_lira_and_rmia_beside_the_loss_attack_when_cells_ran_them():
+    from experiments.tables import table2_markdown
+
+    cells = smoke_cells(("mia",), algos=parse_algorithms("sgd,topk1", ()))
+    records = {}
+    for c in cells:
+        mia = [mia_result(a, s, 0.55, 0.6) for a in ("confidence", "loss", "entropy", "modified_entropy")
+               for s in ("global", "per_class")]
+        if c.algorithm.baseline:  # only the SGD cell ran reference models (8, and RMIA with 2 as well)
+            ci = {"auc_low": 0.7, "auc_high": 0.8, "tpr_at_1pct_fpr_low": 0.05, "tpr_at_1pct_fpr_high": 0.2,
+                  "threshold": "shadow", "resamples": 1000}
+            mia += [replace(mia_result("lira_online", "reference", 0.66, 0.75), reference_models=8, **ci),
+                    replace(mia_result("rmia_online", "reference", 0.6, 0.74), reference_models=8, **ci),
+                    replace(mia_result("rmia_online", "reference", 0.6, 0.71), reference_models=2, **ci)]
+        records[c.key] = fake_record(c, mia=mia)
+    rows = table2_frame(cells, records)
+    ref = rows[rows["source"] == "reference"]
+    assert set(ref["algorithm"]) == {"sgd"} and sorted(ref["reference_models"]) == [2, 8, 8]
+    text = table2_markdown(rows)
+    assert "Table 2e" in text
+    line = next(ln for ln in text.splitlines() if "Table 2e" in ln)
+    block = text[text.index(line):]
+    sgd = next(ln for ln in block.splitlines() if "Original SGD" in ln)
+    assert "0.750 [0.700, 0.800]" in sgd and "0.710 [0.700, 0.800]" in sgd  # LiRA with 8, RMIA with the fewest (2)
+    assert "| 8 |" in sgd and "| 2 |" in sgd
+    # cells without reference models: no Table 2e at all
+    plain = {k: fake_record(c, mia=[m for m in v.summary.attacks if m.scope != "reference"])
+             for c in cells for k, v in records.items() if k == c.key}
+    assert "Table 2e" not in table2_markdown(table2_frame(cells, plain))
+
+
 def test_tradeoff_rows_join_gradinv_and_mia_cells():
     cells = smoke_cells(("gradinv", "mia"), algos=parse_algorithms("sgd,topk4", ()))
     records = {}
