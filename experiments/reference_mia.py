@@ -33,14 +33,14 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.flwr_runner import LocalSuperLink
+from experiments.profiles import OVERFIT_MIA
 from experiments.tables import latex
 from fedtrust.markdown import markdown
 
-#: The overfitting FedAvg setting (run-config overrides).
-SETTING = {"model": "convnet", "dataset": "sample", "local-mode": "fedavg", "num-partitions": 30,
-           "num-server-rounds": 30, "local-epochs": 10, "batch-size": 32, "lr": 0.1, "compressor": "none",
-           "attack": "none", "intercept-rounds": "none", "intercept-clients": "none", "mia": True,
-           "mia-samples": 300, "eval-samples": 500}
+#: The overfitting FedAvg setting (run-config overrides; the ``overfit`` profile's MIA cell, uncompressed).
+SETTING = {**{k: v for k, v in OVERFIT_MIA.items() if k != "mia-reference-models"}, "dataset": "sample",
+           "local-mode": "fedavg", "compressor": "none", "attack": "none", "intercept-rounds": "none",
+           "intercept-clients": "none", "mia": True, "eval-samples": 500}
 #: Attacks in the table (black-box ones with their global threshold).
 ATTACK_ORDER = ("loss", "confidence", "entropy", "modified_entropy", "lira_online", "lira_offline",
                 "rmia_online", "rmia_offline")
