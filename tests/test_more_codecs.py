@@ -309,3 +309,33 @@ def test_the_compression_bench_covers_every_registered_codec_at_the_levels_it_ac
     assert compression.codec_levels(codec_class("qsgd"), (1, 4, 32)) == [1, 4, 8]
     assert compression.codec_levels(codec_class("topk"), (1, 4, 32)) == [1, 4, 32]
     assert compression.codec_levels(codec_class("signsgd"), (1, 4, 32)) == [1]
+
+
+def test_qsgd_never_wraps_a_top_level_to_zero(monkeypatch):
+    """|v_i| s / ||v|| can round to just above s (a one-value tensor: 255.0000153 at 8 bits); the
+    rounding must not then go up to s + 1, which a uint8 level would wrap to 0. Uniforms of 0
+    (every fraction rounds up) make the case certain."""
+    from fedtrust.compression.codecs.qsgd import QSGDCompressor
+
+    layout = (("w", (1,)), ("b", (3,)))
+    update = {"w": torch.tensor([0.37]), "b": torch.tensor([0.37, -1e-3, 2e-3])}
+    comp = QSGDCompressor(level=8, layout=layout, seed=1)
+
+    class Zeros:
+        def random(self, n, dtype):
+            return np.zeros(n, dtype=dtype)
+
+    monkeypatch.setattr(QSGDCompressor, "_generator", lambda self, update: Zeros())
+    decoded = comp.decode(comp.encode(update))
+    assert decoded["w"].item() == pytest.approx(0.37, rel=1e-6)  # level s: the whole norm, not 0
+
+
+def test_sign_decoding_stays_finite_at_the_largest_scales():
+    """A hostile but finite scale of 3e38 decodes to +-3e38, never to NaN (2 x 3e38 overflows float32)."""
+    from fedtrust.compression.bits import signed
+
+    negative = torch.tensor([False, True, False])
+    for magnitude in (3e38, torch.tensor(3e38), 0.5):
+        out = signed(negative, magnitude)
+        expected = torch.where(negative, -torch.tensor(float(magnitude)), torch.tensor(float(magnitude)))
+        assert torch.isfinite(out).all() and torch.equal(out, expected)

@@ -77,7 +77,7 @@ def test_rmia_orders_members_above_non_members_with_two_reference_models():
     # online: the candidates are in the reference models' pool (each IN for about half)
     target, refs, ref_in, member = synthetic(m=2, seed=1)
     scores = rmia_scores(sig(target), sig(refs), ref_in, sig(pop_t), sig(pop_r), online=True)
-    assert ((scores >= 0) & (scores <= 1)).all()
+    assert ((scores >= 0) & (scores <= 1 + 1e-8)).all()
     assert roc_auc(scores, member) > roc_auc(target, member) + 0.05
     # offline: the reference models never saw the candidates (every one OUT)
     target, refs, was_in, member = synthetic(m=2, seed=4)
@@ -175,3 +175,14 @@ def test_the_reference_mia_table_averages_seeds_per_attack(tmp_path):
     assert table.loc["lira_online", "seeds"] == 2 and table.loc["lira_online", "threshold"] == "shadow"
     text = render(summarise(rows), rows, "python -m experiments.reference_mia")
     assert "0.750 (0.700-0.800)" in text and "1 false positive(s) at 1% FPR" in text
+
+
+def test_rmia_breaks_the_ties_of_its_fraction_by_the_likelihood_ratio():
+    """The fraction of population samples an x dominates takes k + 1 values: every x above all
+    of z would tie at 1. The likelihood ratio orders them (within 1e-9 of the fraction)."""
+    target = np.array([0.9, 0.95, 0.99, 0.2])
+    refs = np.full((2, 4), 0.5)
+    pop_t, pop_r = np.array([0.3, 0.4]), np.full((2, 2), 0.5)
+    scores = rmia_scores(target, refs, np.zeros((2, 4), bool), pop_t, pop_r)
+    assert np.all(np.abs(scores - np.array([1, 1, 1, 0])) < 1e-8)
+    assert scores[0] < scores[1] < scores[2]

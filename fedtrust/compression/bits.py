@@ -113,6 +113,7 @@ def unpack_signs(packed: np.ndarray, count: int) -> np.ndarray:
 
 def signed(negative: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Tensor:
     """``-magnitude`` where ``negative``, ``+magnitude`` elsewhere (float32): exactly what
-    ``torch.where(negative, -magnitude, magnitude)`` gives (``-2m + m = -m`` holds in
-    floating point), in two passes instead of ``torch.where``'s slow path for scalars."""
-    return negative.to(torch.float32).mul_(-2 * magnitude).add_(magnitude)
+    ``torch.where(negative, -magnitude, magnitude)`` gives (``1 - 2 n`` is exactly +-1, so
+    nothing rounds or overflows), in passes over the data instead of ``torch.where``'s
+    slow path for scalars."""
+    return negative.to(torch.float32).mul_(-2.0).add_(1.0).mul_(magnitude)

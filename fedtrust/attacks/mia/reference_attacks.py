@@ -30,8 +30,9 @@ linearly, ``Pr(x) = (1 + a) / 2 * mean_out + (1 - a) / 2`` (the paper's approxim
 the IN models it lacks; ``a`` is its offline parameter). With the likelihood ratio
 ``LR(x) = Pr(x | theta) / Pr(x)`` and the same for population samples ``z`` (known
 non-members of the target), the score is the fraction of ``z`` with
-``LR(x) / LR(z) >= gamma``. The reference paper's defaults: ``gamma = 1``; ``a`` tuned
-per data set (0.3 to 1; ``a = 1`` means no correction).
+``LR(x) / LR(z) >= gamma`` (ties among the ``k + 1`` possible fractions broken by ``LR(x)``,
+within 1e-9). The reference paper's defaults: ``gamma = 1``; ``a`` tuned per data set
+(0.3 to 1; ``a = 1`` means no correction).
 """
 
 from __future__ import annotations
@@ -88,12 +89,14 @@ def _side(refs: np.ndarray, mask: np.ndarray, global_variance: bool) -> tuple[np
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, (refs * mask).sum(axis=0) / np.maximum(count, 1), pooled_mean)
     dev = (refs - mean[None]) * mask
-    if global_variance or not mask.any():
-        pooled = math.sqrt(float((dev ** 2).sum()) / max(int(mask.sum()) - 1, 1)) if mask.any() else 1.0
+    # the pooled variance: squared deviations from each sample's own mean, over the degrees
+    # of freedom left (one mean per sample that has signals on this side)
+    dof = int(mask.sum()) - int((count > 0).sum())
+    pooled = math.sqrt(float((dev ** 2).sum()) / dof) if dof > 0 else 1.0
+    if global_variance:
         return mean, np.full(refs.shape[1], max(pooled, _TINY))
     sd = np.sqrt((dev ** 2).sum(axis=0) / np.maximum(count - 1, 1))
-    fallback = math.sqrt(float((dev ** 2).sum()) / max(int(mask.sum()) - 1, 1))
-    return mean, np.where(count > 1, np.maximum(sd, _TINY), max(fallback, _TINY))
+    return mean, np.where(count > 1, np.maximum(sd, _TINY), max(pooled, _TINY))
 
 
 def _log_normal(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -166,5 +169,8 @@ def rmia_scores(target: np.ndarray, refs: np.ndarray, ref_in: np.ndarray, popula
 
     ratio_x = target / np.maximum(marginal(refs, ~ref_in), _TINY)
     ratio_z = np.sort(pop_t / np.maximum(marginal(pop_r, np.ones_like(pop_r, dtype=bool)), _TINY))
-    # fraction of z with LR(x) / LR(z) >= gamma, i.e. LR(z) <= LR(x) / gamma
-    return np.searchsorted(ratio_z, ratio_x / gamma, side="right") / ratio_z.size
+    # fraction of z with LR(x) / LR(z) >= gamma, i.e. LR(z) <= LR(x) / gamma; it takes only
+    # k + 1 values, so ties (every x above all of z scores 1) are broken by LR(x) itself,
+    # within 1e-9: the order is then LR(x)'s, which the fraction is monotone in
+    fraction = np.searchsorted(ratio_z, ratio_x / gamma, side="right") / ratio_z.size
+    return fraction + 1e-9 * (ratio_x / (1.0 + ratio_x))

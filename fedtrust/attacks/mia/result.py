@@ -100,17 +100,23 @@ def scored_result(attack: str, scope: str, scores: np.ndarray, is_member: np.nda
     is_member = np.asarray(is_member, dtype=bool).reshape(-1)
     fpr, tpr, _ = roc_curve(scores, is_member)
     n_non = int((~is_member).sum())
-    ci = metric_intervals(scores[is_member], scores[~is_member], resamples=resamples, seed=seed)
+    if not np.isfinite(scores).all():  # no intervals of scores that are not numbers (the metrics say what they can)
+        none = {k: None for k in ("auc_low", "auc_high", "tpr_at_1pct_fpr_low", "tpr_at_1pct_fpr_high",
+                                  "tpr_at_0_1pct_fpr_low", "tpr_at_0_1pct_fpr_high")}
+        intervals, resamples = none, 0
+    else:
+        ci = metric_intervals(scores[is_member], scores[~is_member], resamples=resamples, seed=seed)
+        intervals = {"auc_low": ci.auc.low, "auc_high": ci.auc.high,
+                     "tpr_at_1pct_fpr_low": ci.tpr_at_1pct_fpr.low, "tpr_at_1pct_fpr_high": ci.tpr_at_1pct_fpr.high,
+                     "tpr_at_0_1pct_fpr_low": ci.tpr_at_0_1pct_fpr.low,
+                     "tpr_at_0_1pct_fpr_high": ci.tpr_at_0_1pct_fpr.high}
     return MIAResult(attack=attack, scope=scope, accuracy=float(accuracy),
                      auc=roc_auc(scores, is_member),
                      tpr_at_1pct_fpr=tpr_at_fpr(scores, is_member, 0.01),
                      tpr_at_0_1pct_fpr=tpr_at_fpr(scores, is_member, 0.001),
                      members=int(is_member.sum()), nonmembers=n_non,
-                     reference_models=int(reference_models), threshold=threshold,
-                     auc_low=ci.auc.low, auc_high=ci.auc.high,
-                     tpr_at_1pct_fpr_low=ci.tpr_at_1pct_fpr.low, tpr_at_1pct_fpr_high=ci.tpr_at_1pct_fpr.high,
-                     tpr_at_0_1pct_fpr_low=ci.tpr_at_0_1pct_fpr.low,
-                     tpr_at_0_1pct_fpr_high=ci.tpr_at_0_1pct_fpr.high, resamples=ci.resamples,
+                     reference_models=int(reference_models), threshold=threshold, **intervals,
+                     resamples=resamples,
                      fpr_floor_1pct_n=allowed_false_positives(n_non, 0.01),
                      fpr_floor_0_1pct_n=allowed_false_positives(n_non, 0.001),
                      roc=(fpr, tpr), rule=rule)

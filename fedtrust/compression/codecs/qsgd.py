@@ -116,7 +116,7 @@ class QSGDCompressor(Compressor):
             norm = torch.linalg.vector_norm(v)
             uniforms = torch.from_numpy(generator.random(v.numel(), dtype=np.float32))
             if float(norm) > 0:
-                x = v.abs().mul_(s / norm)
+                x = v.abs().mul_(s / norm).clamp_(max=s)  # rounding can put |v_i| s / ||v|| just above s
                 low = torch.floor(x)
                 up = uniforms < x.sub_(low)  # x - floor(x): exact
                 level = low.to(torch.uint8).add_(up.view(torch.uint8)).clamp_(max=s)
