@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -309,20 +309,15 @@ CPU = Profile(
 OVERFIT_MIA = {"model": "convnet", "num-partitions": 30, "num-server-rounds": 30, "local-epochs": 10,
                "batch-size": 32, "lr": 0.1, "mia-samples": 300, "mia-reference-models": 8}
 
-OVERFIT = Profile(
+OVERFIT = replace(
+    SMOKE,
     name="overfit",
     description=("Membership at stake: the smoke profile's grid, but the MIA model overfits (FedAvg, 3 clients "
                  "of 100 images, 30 rounds of 10 local epochs at lr 0.1) and is attacked by LiRA and RMIA with "
                  "8 reference models (RMIA also with 2) beside the threshold attacks (Table 2e); 300 member "
                  "and 300 non-member candidates."),
-    datasets=("sample",),
-    families=PAPER_FAMILIES,
-    levels=(1, 4),
-    kinds={**convnet_kinds(clients=3, iterations=300, mia_rounds=3),
-           "mia": kind_settings("mia", 3, OVERFIT_MIA)},
+    kinds={**SMOKE.kinds, "mia": kind_settings("mia", 3, OVERFIT_MIA)},
     cell_timeout_s=3600.0,
-    gpu_client_share=0.25,
-    figure_images=3,
 )
 
 PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (SMOKE, CPU, PAPER, OVERFIT)})
