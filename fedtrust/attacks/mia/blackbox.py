@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedtrust.attacks.mia.result import MIAResult, evaluate_scores
-from fedtrust.attacks.mia.sampling import draw_membership_split
+from fedtrust.attacks.mia.sampling import MembershipSplit, draw_membership_split
 from fedtrust.attacks.mia.scores import ATTACKS, attack_scores, compute_outputs
 from fedtrust.attacks.mia.thresholds import SCOPES
 
@@ -23,7 +23,8 @@ def run_blackbox_mia(model: nn.Module, member_x: torch.Tensor, member_y: torch.T
                      nonmember_x: torch.Tensor, nonmember_y: torch.Tensor, *, num_classes: int,
                      seed: int, calibration_fraction: float = 0.5,
                      device: torch.device | str | None = None, progress: bool = True,
-                     batch_size: int = 256, max_per_side: int | None = None) -> list[MIAResult]:
+                     batch_size: int = 256, max_per_side: int | None = None,
+                     split: MembershipSplit | None = None) -> list[MIAResult]:
     """Score-based attacks on ``model`` with global and per-class thresholds.
 
     Equally many members and non-members (the smaller pool's size, or
@@ -52,6 +53,10 @@ def run_blackbox_mia(model: nn.Module, member_x: torch.Tensor, member_y: torch.T
         Samples per forward pass.
     max_per_side:
         Cap on the members (and non-members) drawn.
+    split:
+        The candidates and their calibration/evaluation parts, when the caller drew them
+        (to attack the same candidates otherwise); ``seed``, ``calibration_fraction`` and
+        ``max_per_side`` are then not used for the draw.
 
     Returns
     -------
@@ -61,9 +66,9 @@ def run_blackbox_mia(model: nn.Module, member_x: torch.Tensor, member_y: torch.T
     """
     if len(member_x) != len(member_y) or len(nonmember_x) != len(nonmember_y):
         raise ValueError("inputs and labels must have the same length")
-    split = draw_membership_split(len(member_x), len(nonmember_x), seed=seed,
-                                  calibration_fraction=calibration_fraction,
-                                  max_per_side=max_per_side)
+    if split is None:
+        split = draw_membership_split(len(member_x), len(nonmember_x), seed=seed,
+                                      calibration_fraction=calibration_fraction, max_per_side=max_per_side)
     mem = torch.as_tensor(split.members)
     non = torch.as_tensor(split.nonmembers)
     labels = torch.cat([torch.as_tensor(member_y)[mem], torch.as_tensor(nonmember_y)[non]]).long()

@@ -34,7 +34,7 @@ from fedtrust.attacks.mia.blackbox import run_blackbox_mia
 from fedtrust.attacks.mia.reference import ReferenceSpec
 from fedtrust.attacks.mia.reference_run import run_reference_mia
 from fedtrust.attacks.mia.result import MIAResult, plot_results_roc
-from fedtrust.attacks.mia.sampling import draw_membership_split
+from fedtrust.attacks.mia.sampling import MembershipSplit, draw_membership_split
 from fedtrust.attacks.mia.update_attack import run_update_mia
 from fedtrust.compression.spec import CompressorSpec
 from fedtrust.interception import InterceptedUpdate
@@ -130,23 +130,23 @@ class MIAReport:
         model = self.model_fn()
         model.load_state_dict(state)
         idx = torch.as_tensor(np.unique(np.asarray(member_indices, dtype=np.int64)))
+        split = draw_membership_split(len(idx), len(self.test_x), seed=self.seed, max_per_side=self.max_per_side)
         results = run_blackbox_mia(model, self.train_x[idx], self.train_y[idx], self.test_x, self.test_y,
                                    num_classes=self.num_classes, seed=self.seed, device=self.device,
-                                   progress=self.progress, max_per_side=self.max_per_side)
+                                   progress=self.progress, split=split)
         self._record(results, server_round, None)
         if self.reference is not None:
-            reference = self._reference_attacks(model, idx, max(int(clients), 1))
+            reference = self._reference_attacks(model, idx, split, max(int(clients), 1))
             self._record(reference, server_round, None)
             results = results + reference
         plot_results_roc(results, Path(self.folder) / "mia_roc.png",
                          title=f"Black-box MIA on the final model ({len(idx)} member candidates)")
         return results
 
-    def _reference_attacks(self, model: nn.Module, member_idx: torch.Tensor, clients: int) -> list[MIAResult]:
-        """LiRA and RMIA on the black-box attacks' candidates (the same draw), with the test
-        samples that are not candidates as RMIA's population."""
-        split = draw_membership_split(len(member_idx), len(self.test_x), seed=self.seed,
-                                      max_per_side=self.max_per_side)
+    def _reference_attacks(self, model: nn.Module, member_idx: torch.Tensor, split: MembershipSplit,
+                           clients: int) -> list[MIAResult]:
+        """LiRA and RMIA on the black-box attacks' candidates (``split``), with the test samples
+        that are not candidates as RMIA's population."""
         mem = member_idx[torch.as_tensor(split.members)]
         non = torch.as_tensor(split.nonmembers)
         population = torch.as_tensor(np.setdiff1d(np.arange(len(self.test_x)), split.nonmembers))
@@ -156,10 +156,8 @@ class MIAReport:
         digest = hashlib.sha256(np.r_[mem.numpy(), -1, non.numpy()].astype(np.int64).tobytes()).hexdigest()[:12]
         spec = replace(self.reference, pool_id=f"{self.reference.pool_id}:{digest}", clients=clients)
         cache = self.reference_cache or Path(self.folder) / "reference-models"
-        done = []
 
         def progress(i: int, n: int) -> None:
-            done.append(i)
             log.info("reference model %d/%d ready", i, n)
 
         results, refs = run_reference_mia(model, torch.cat([self.train_x[mem], self.test_x[non]]),
