@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fedtrust.models import get_model
-from fedtrust.training import fedavg_train
+from fedtrust.training import fedavg_train, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -139,9 +139,9 @@ def _train_one(spec: ReferenceSpec, i: int, x: torch.Tensor, y: torch.Tensor,
             fedavg_train(net, x[idx], y[idx], spec.local_epochs, spec.batch_size, spec.lr, generator)
             states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
             weights.append(float(shard.size))
-        total = sum(weights)
-        state = {k: (sum(w * s[k] for s, w in zip(states, weights)) / total).to(v.dtype)
-                 if v.is_floating_point() else states[0][k] for k, v in state.items()}
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        mean = weighted_mean([{k: s[k] for k in floats} for s in states], weights)
+        state = {k: mean[k].to(v.dtype) if k in mean else states[0][k] for k, v in state.items()}
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedtrust.attacks.mia.metrics import balanced_accuracy
 from fedtrust.attacks.mia.reference import ReferenceModels, ReferenceSpec, train_reference_models
 from fedtrust.attacks.mia.reference_attacks import (
     lira_scores,
@@ -135,7 +136,7 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
                                  _rows(ref_pop, 1, count), refs.pool_in[1:count])
                 threshold = best_threshold(shadow, refs.pool_in[0])
                 s_ev, m_ev = scores[ev], is_member[ev]
-                accuracy = ((s_ev[m_ev] >= threshold).mean() + (s_ev[~m_ev] < threshold).mean()) / 2
+                accuracy = balanced_accuracy(s_ev >= threshold, m_ev)
                 how = "shadow"
             results.append(scored_result(attack, "reference", scores[ev], is_member[ev], accuracy=float(accuracy),
                                          threshold=how, reference_models=count, seed=seed))

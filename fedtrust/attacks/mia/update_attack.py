@@ -64,6 +64,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from fedtrust.attacks.mia.metrics import balanced_accuracy
 from fedtrust.attacks.mia.result import MIAResult, evaluate_scores, scored_result
 from fedtrust.attacks.mia.sampling import draw_membership_split
 from fedtrust.compression import CompressorSpec, get_codec
@@ -414,7 +415,7 @@ def run_update_mia(model: nn.Module, observed_payload: Payload | Mapping[str, np
         ev = split.evaluation
         s_ev, m_ev = scores.regression[ev], split.is_member[ev]
         rule = 1.0 / (2.0 * batch_size)
-        accuracy = ((s_ev[m_ev] >= rule).mean() + (s_ev[~m_ev] < rule).mean()) / 2
+        accuracy = balanced_accuracy(s_ev >= rule, m_ev)
         at = [r.attack for r in results].index("update_regression")
         results[at] = scored_result("update_regression", "update", s_ev, m_ev, accuracy=float(accuracy),
                                     threshold="label-free", seed=seed)
