@@ -351,9 +351,10 @@ def test_topk_keeps_the_largest_magnitudes(scope):
 @pytest.mark.parametrize(("n", "k"), [(4 * THRESHOLD_SAMPLE + 12_345, 1), (4 * THRESHOLD_SAMPLE + 12_345, 777),
                                       (4 * THRESHOLD_SAMPLE + 12_345, 40_000),
                                       (4 * THRESHOLD_SAMPLE + 12_345, THRESHOLD_SAMPLE - 1),
-                                      (16 * MIN_SAMPLE + 5, 3_000)])
+                                      (16 * MIN_SAMPLE + 5, 3_000), (16 * MIN_SAMPLE + 5, 30_000),
+                                      (4 * THRESHOLD_SAMPLE + 12_345, 3 * THRESHOLD_SAMPLE)])
 def test_fast_top_k_selects_what_torch_topk_selects(n, k):
-    """The sampled-threshold selection (used from 16 x MIN_SAMPLE values) picks the
+    """The sampled-threshold selection (used from 16 x MIN_SAMPLE values, for any k / n) picks the
     very positions ``torch.topk`` picks on continuous data, and with ties and NaNs the
     same magnitudes (NaNs first, as ``torch.topk`` ranks them)."""
     gen = torch.Generator().manual_seed(k)

@@ -339,3 +339,16 @@ def test_sign_decoding_stays_finite_at_the_largest_scales():
         out = signed(negative, magnitude)
         expected = torch.where(negative, -torch.tensor(float(magnitude)), torch.tensor(float(magnitude)))
         assert torch.isfinite(out).all() and torch.equal(out, expected)
+
+
+def test_negating_by_the_sign_bit_is_exact_negation_for_every_float():
+    """QSGD's decode flips IEEE sign bits (:func:`negate_where`): bit for bit ``-x`` where the
+    sign bit is set and ``x`` elsewhere, for zeros, subnormals, infinities and NaNs too."""
+    from fedtrust.compression.bits import negate_where
+
+    values = torch.tensor([0.0, -0.0, 1.5, -2.25, 1e-45, float("inf"), float("-inf"), 3e38, float("nan")] * 2)
+    negative = torch.tensor([0] * 9 + [1] * 9, dtype=torch.uint8)
+    expected = torch.where(negative.bool(), -values, values)
+    got = negate_where(values.clone(), negative)
+    assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
+    assert torch.equal(negate_where(values.clone(), negative.bool()).view(torch.int32), expected.view(torch.int32))

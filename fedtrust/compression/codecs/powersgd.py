@@ -320,7 +320,11 @@ class PowerSGDCompressor(LevelledCompressor):
         """Refresh warm start and residual after ``Q = M^T P_hat``."""
         self._warm_q[name] = q
         if self.error_feedback:
-            self._residual[name] = (m - p_hat @ q.T).reshape(shape)
+            # M - P_hat Q^T by one GEMM (beta = 1, alpha = -1), in M itself where M is this
+            # round's own sum of update and residual (not a view of the caller's update)
+            owned = name in self._residual
+            residual = m.addmm_(p_hat, q.T, alpha=-1) if owned else torch.addmm(m, p_hat, q.T, alpha=-1)
+            self._residual[name] = residual.reshape(shape)
         self._public[f"P_hat/{name}"] = p_hat
 
     # ------------------------------------------------------------ allreduce protocol

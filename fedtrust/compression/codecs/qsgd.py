@@ -48,11 +48,11 @@ import torch
 
 from fedtrust.compression.base import Compressor, Layout, Payload, to_wire
 from fedtrust.compression.bits import (
+    negate_where,
     pack_signs,
     pack_uint,
     packed_size,
     padding_is_zero,
-    signed,
     unpack_signs,
     unpack_uint,
 )
@@ -117,9 +117,9 @@ class QSGDCompressor(Compressor):
             uniforms = torch.from_numpy(generator.random(v.numel(), dtype=np.float32))
             if float(norm) > 0:
                 x = v.abs().mul_(s / norm).clamp_(max=s)  # rounding can put |v_i| s / ||v|| just above s
-                low = torch.floor(x)
-                up = uniforms < x.sub_(low)  # x - floor(x): exact
-                level = low.to(torch.uint8).add_(up.view(torch.uint8)).clamp_(max=s)
+                level = x.to(torch.uint8)  # floor(x): truncation of a value in [0, s]
+                up = uniforms < x.frac_()  # x - floor(x): exact, and 0 where x = s
+                level.add_(up.view(torch.uint8))
             else:
                 level = torch.zeros(v.numel(), dtype=torch.uint8)
             arrays[f"norm/{name}"] = to_wire(norm.reshape(1))
@@ -134,9 +134,9 @@ class QSGDCompressor(Compressor):
         for name, shape in self.layout:
             count = _numel(shape)
             levels = torch.from_numpy(unpack_uint(payload.arrays[f"levels/{name}"], count, self.level))
-            negative = torch.from_numpy(unpack_uint(payload.arrays[f"signs/{name}"], count, 1)).to(torch.bool)
+            negative = torch.from_numpy(unpack_uint(payload.arrays[f"signs/{name}"], count, 1))
             step = float(np.asarray(payload.arrays[f"norm/{name}"]).reshape(-1)[0]) / self.levels
-            out[name] = levels.to(torch.float32).mul_(signed(negative, step)).reshape(shape)
+            out[name] = negate_where(levels.to(torch.float32).mul_(step), negative).reshape(shape)
         return out
 
     def parts(self, arrays: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
