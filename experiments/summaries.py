@@ -68,7 +68,7 @@ class AttackScore(MIAMetrics):
     """One membership-inference result: an attack's metrics and the round it attacked (a
     :class:`~fedtrust.records.MIARow` without the context its cell holds).
 
-    ``scope`` is ``global`` or ``per_class`` for the black-box attacks on a model and
+    ``scope`` is ``global``, ``per_class`` or ``nonmember`` for the black-box attacks on a model and
     ``update`` for the update attacks on one intercepted client update.
     """
 

@@ -106,7 +106,7 @@ class MIAMetrics:
     attack:
         Attack name (``"loss"``, ``"update_cosine"`` ...).
     scope:
-        ``"global"``, ``"per_class"`` (black-box) or ``"update"``.
+        ``"global"``, ``"per_class"``, ``"nonmember"`` (black-box), ``"update"`` or ``"reference"``.
     accuracy:
         Balanced accuracy of the calibrated thresholds (the paper's number).
     auc:
@@ -119,8 +119,10 @@ class MIAMetrics:
         Reference models the attack used (LiRA, RMIA; 0 for the others).
     threshold:
         How ``accuracy``'s threshold was set: ``oracle`` (on calibration candidates whose
-        membership is known, which no real attacker has: an upper bound), ``shadow`` (on a
-        reference model playing the target, whose training data the attacker chose).
+        membership is known, which no real attacker has: an upper bound), ``non-members`` (on
+        known non-members alone, at ``ATTACKER_FPR`` false positives), ``shadow`` (on a
+        reference model playing the target, whose training data the attacker chose),
+        ``label-free`` (a rule that needs no membership) or ``none``.
     auc_low, auc_high, tpr_at_1pct_fpr_low, ..., tpr_at_0_1pct_fpr_high:
         Stratified percentile-bootstrap 95% intervals (:mod:`fedtrust.attacks.mia.intervals`)
         over ``resamples`` resamples of the evaluated candidates; empty (``None``) in files

@@ -470,6 +470,8 @@ def test_table_statistics_are_numpys_to_the_bit():
 
 
 def test_table2_picks_the_papers_attacks_and_averages_update_attacks():
+    from experiments.tables import table2_markdown
+
     cells = smoke_cells(("mia", "update"), algos=parse_algorithms("sgd,topk1", ()))
     records = {}
     for c in cells:
@@ -490,7 +492,18 @@ def test_table2_picks_the_papers_attacks_and_averages_update_attacks():
     reg = get["topk1", "update_regression", "update"]
     assert reg["auc"] == pytest.approx(0.7) and reg["n"] == 2 and reg["auc_std"] == pytest.approx(0.1)
     assert get["topk1", "update_cosine_aware", "update"]["status"] == "missing"
-    assert list(rows["source"]) == ["blackbox"] * 8 + ["update"] * 4 + ["blackbox"] * 8 + ["update"] * 4
+    assert list(rows["source"]) == ["blackbox"] * 12 + ["update"] * 4 + ["blackbox"] * 12 + ["update"] * 4
+    # cells without the attacker's thresholds (written before the scope existed): no Table 2f
+    assert "Table 2f" not in table2_markdown(rows) and "Table 2c" in table2_markdown(rows)
+    for c in cells:
+        if c.kind == "mia":
+            mia = [*records[c.key].summary.attacks, mia_result("loss", "nonmember", 0.52, 0.7)]
+            records[c.key] = fake_record(c, mia=mia)
+    text = table2_markdown(table2_frame(cells, records))
+    block = text[text.index("Table 2f"):]
+    assert "5% FPR" in block.splitlines()[0]
+    sgd = next(ln for ln in block.splitlines() if "Original SGD" in ln)
+    assert "52.00% [47.6, 56.4]" in sgd and "n/a" in sgd  # the loss attack's attacker threshold; the others not run
 
 
 def test_table2_shows_lira_and_rmia_beside_the_loss_attack_when_cells_ran_them():

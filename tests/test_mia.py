@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from fedtrust.attacks.mia import (
+    ATTACKER_FPR,
     ATTACKS,
     UPDATE_ATTACKS,
     CalibrationSet,
@@ -245,6 +246,35 @@ def test_threshold_selection_never_sees_evaluated_membership() -> None:
     assert c.rule != evaluate_scores("x", "per_class", scores, labels, member, split).rule
 
 
+def test_the_attackers_threshold_reads_non_members_only() -> None:
+    """Scope ``nonmember`` sets the threshold on calibration non-members alone (at most
+    ATTACKER_FPR of them flagged): changing every member's score or membership label in the
+    calibration half leaves it unchanged, while the oracle's moves; it is labelled so."""
+    rng = np.random.default_rng(3)
+    n = 400
+    split = draw_membership_split(n, n, seed=2)
+    member = split.is_member
+    labels = rng.integers(0, 5, size=2 * n)
+    scores = rng.normal(size=2 * n) + 1.5 * member
+    result = evaluate_scores("x", "nonmember", scores, labels, member, split)
+    cal_non = scores[split.calibration][~member[split.calibration]]
+    assert result.threshold == "non-members" and result.rule.scope == "nonmember"
+    flagged = float(np.mean(cal_non >= result.rule.global_threshold))
+    assert flagged <= ATTACKER_FPR and flagged > ATTACKER_FPR - 2.0 / len(cal_non)
+    moved = scores.copy()
+    cal_members = split.calibration[member[split.calibration]]
+    moved[cal_members] = rng.normal(size=len(cal_members)) - 5.0   # members' scores anything at all
+    assert evaluate_scores("x", "nonmember", moved, labels, member, split).rule == result.rule
+    assert evaluate_scores("x", "global", moved, labels, member, split).rule != \
+        evaluate_scores("x", "global", scores, labels, member, split).rule
+    # on the evaluated half it gives about the FPR it was set for, and less accuracy than the oracle's
+    ev = split.evaluation
+    fpr = float(np.mean(scores[ev][~member[ev]] >= result.rule.global_threshold))
+    assert abs(fpr - ATTACKER_FPR) < 0.04
+    oracle = evaluate_scores("x", "global", scores, labels, member, split)
+    assert oracle.threshold == "oracle" and 0.5 < result.accuracy < oracle.accuracy
+
+
 # ----------------------------------------------------------------------------- black-box attacks
 def test_blackbox_on_overfit_model(overfit_setup: dict, tmp_path) -> None:
     s = overfit_setup
@@ -255,7 +285,7 @@ def test_blackbox_on_overfit_model(overfit_setup: dict, tmp_path) -> None:
     results = run_blackbox_mia(model, s["mx"], s["my"], s["nx"], s["ny"], num_classes=len(PHOTOS),
                                seed=0, progress=False)
     assert [(r.attack, r.scope) for r in results] == [(a, sc) for a in ATTACKS
-                                                      for sc in ("global", "per_class")]
+                                                      for sc in ("global", "per_class", "nonmember")]
     by = {(r.attack, r.scope): r for r in results}
     loss = by[("loss", "global")]
     print("\noverfit:", {k: (round(r.accuracy, 3), round(r.auc, 3), round(r.tpr_at_1pct_fpr, 3))
@@ -276,9 +306,9 @@ def test_blackbox_on_overfit_model(overfit_setup: dict, tmp_path) -> None:
     append_rows(tmp_path / "mia.csv", rows[4:])
     with (tmp_path / "mia.csv").open() as fh:
         text = list(csv.DictReader(fh))
-    assert len(text) == 8 and list(text[0]) == MIA_COLUMNS and text[2]["client"] == ""
+    assert len(text) == 12 and list(text[0]) == MIA_COLUMNS and text[3]["client"] == ""
     assert read_rows(tmp_path / "mia.csv", MIARow) == rows
-    assert rows[2].auc == loss.auc and rows[2].client is None
+    assert rows[3].auc == loss.auc and rows[3].client is None
     png = plot_results_roc([r for r in results if r.scope == "global"], tmp_path / "roc.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

@@ -37,6 +37,7 @@ from fedtrust.attacks.mia.scores import (
     modified_entropy_score,
 )
 from fedtrust.attacks.mia.thresholds import (
+    ATTACKER_FPR,
     SCOPES,
     CalibrationSet,
     ThresholdRule,
@@ -55,6 +56,7 @@ from fedtrust.attacks.mia.update_attack import (
 )
 
 __all__ = [
+    "ATTACKER_FPR",
     "ATTACKS",
     "SCOPES",
     "UPDATE_ATTACKS",

@@ -62,7 +62,8 @@ def run_blackbox_mia(model: nn.Module, member_x: torch.Tensor, member_y: torch.T
     -------
     list[MIAResult]
         One per attack in :data:`~fedtrust.attacks.mia.scores.ATTACKS` and
-        scope in ``("global", "per_class")``, in that order.
+        scope in :data:`~fedtrust.attacks.mia.thresholds.SCOPES` (``global``, ``per_class``:
+        oracle thresholds; ``nonmember``: the attacker's, from non-members only), in that order.
     """
     if len(member_x) != len(member_y) or len(nonmember_x) != len(nonmember_y):
         raise ValueError("inputs and labels must have the same length")

@@ -20,6 +20,8 @@ from fedtrust.attacks.mia.metrics import (
 )
 from fedtrust.attacks.mia.sampling import MembershipSplit
 from fedtrust.attacks.mia.thresholds import (
+    SCOPES,
+    THRESHOLD_KIND,
     ThresholdRule,
     calibration_set,
     fit_thresholds,
@@ -63,8 +65,9 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
     attack:
         Name recorded in the result.
     scope:
-        ``"global"`` or ``"per_class"`` thresholds; any other name (e.g.
-        ``"update"``) is recorded as given and uses a global threshold.
+        ``"global"`` or ``"per_class"`` (oracle) thresholds, or ``"nonmember"`` (the
+        attacker's: calibration non-members only; see :mod:`~fedtrust.attacks.mia.thresholds`);
+        any other name (e.g. ``"update"``) is recorded as given and uses a global oracle threshold.
     scores, labels, is_member:
         Per-candidate arrays in the order of ``split`` (members first).
     split:
@@ -82,12 +85,12 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
     if not len(scores) == len(labels) == len(is_member) == split.num_candidates:
         raise ValueError("scores, labels and is_member must have one entry per candidate")
     rule = fit_thresholds(calibration_set(scores, labels, is_member, split),
-                          scope="per_class" if scope == "per_class" else "global")
+                          scope=scope if scope in SCOPES else "global")
     ev = split.evaluation
     s_ev, m_ev = scores[ev], is_member[ev]
     predicted = rule.predict(s_ev, labels[ev])
     return scored_result(attack, scope, s_ev, m_ev, accuracy=balanced_accuracy(predicted, m_ev), rule=rule,
-                         seed=seed)
+                         threshold=THRESHOLD_KIND[rule.scope], seed=seed)
 
 
 def scored_result(attack: str, scope: str, scores: np.ndarray, is_member: np.ndarray, *, accuracy: float,

@@ -6,9 +6,17 @@ The selection functions take a :class:`CalibrationSet` and nothing else, and
 membership of evaluated samples cannot reach threshold selection.
 :meth:`ThresholdRule.predict` takes scores and labels, never membership.
 
-Thresholds maximise balanced accuracy on the calibration set, globally or per
-class (Song & Mittal 2021, "Systematic evaluation of privacy risks of machine
-learning models": class-conditional thresholds).
+Scopes ``global`` and ``per_class``: thresholds maximise balanced accuracy on the
+calibration set, globally or per class (Song & Mittal 2021, "Systematic evaluation of
+privacy risks of machine learning models": class-conditional thresholds). They read
+the calibration members' membership, which a real attacker does not know: an *oracle*
+threshold, labelled so in ``mia.csv``.
+
+Scope ``nonmember``: the attacker's way. The threshold is set on the calibration
+non-members alone (samples an attacker knows were not trained on: held-out or
+population data) so that at most ``ATTACKER_FPR`` of them are flagged
+(:func:`~fedtrust.attacks.mia.intervals.threshold_at_fpr`); no member's score or
+membership is read.
 """
 
 from __future__ import annotations
@@ -17,11 +25,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedtrust.attacks.mia.intervals import threshold_at_fpr
 from fedtrust.attacks.mia.metrics import roc_counts
 from fedtrust.attacks.mia.sampling import MembershipSplit
 
 #: Threshold scopes of the black-box attacks.
-SCOPES: tuple[str, ...] = ("global", "per_class")
+SCOPES: tuple[str, ...] = ("global", "per_class", "nonmember")
+#: The false-positive rate the attacker's threshold (scope ``nonmember``) allows on known non-members.
+ATTACKER_FPR = 0.05
+#: What ``mia.csv`` calls the threshold of each scope.
+THRESHOLD_KIND = {"global": "oracle", "per_class": "oracle", "nonmember": "non-members"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,8 @@ def fit_thresholds(calibration: CalibrationSet, *, scope: str,
     scope:
         ``"global"``: one threshold; ``"per_class"``: one per class with at
         least ``min_per_class`` members and non-members among the calibration
-        samples, the global one for the other classes.
+        samples, the global one for the other classes; ``"nonmember"``: one
+        threshold from the calibration non-members alone, at ``ATTACKER_FPR``.
     min_per_class:
         Calibration members and non-members a class needs for its own threshold.
 
@@ -121,6 +135,8 @@ def fit_thresholds(calibration: CalibrationSet, *, scope: str,
     scores = np.asarray(calibration.scores, dtype=np.float64)
     labels = np.asarray(calibration.labels, dtype=np.int64)
     member = np.asarray(calibration.is_member, dtype=bool)
+    if scope == "nonmember":
+        return ThresholdRule(scope=scope, global_threshold=threshold_at_fpr(scores[~member], ATTACKER_FPR))
     global_t = best_threshold(scores, member)
     per_class: dict[int, float] = {}
     if scope == "per_class":

@@ -82,18 +82,10 @@ def seed_of(state: Mapping[str, np.ndarray], what: str) -> int:
 class RandomKCompressor(LevelledCompressor):
     """Random-K with PowerSGD rank r's value budget (one compressor per client).
 
-    Parameters
-    ----------
-    level:
-        "Level r": send as many values as PowerSGD at rank r.
-    layout:
-        Names and shapes of the update; taken from the first update if ``None``.
-    error_feedback:
-        Keep ``residual = M - sparse(M)`` and add it to the next update.
-    seed:
-        The run's seed (the server derives each round's seed from it; see :attr:`round_seed`).
-    min_compression_rate:
-        As PowerSGD's: decides which tensors are compressible (the rest are dense).
+    ``level``, ``layout``, ``error_feedback`` and ``min_compression_rate`` mean what they
+    mean for :class:`~fedtrust.compression.codecs.topk.TopKCompressor` (the same budget of
+    values per tensor, the same residual); ``seed`` is the run's seed, from which the server
+    derives each round's seed (:attr:`round_seed`).
     """
 
     name = "randomk"
