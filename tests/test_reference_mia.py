@@ -186,3 +186,29 @@ def test_rmia_breaks_the_ties_of_its_fraction_by_the_likelihood_ratio():
     scores = rmia_scores(target, refs, np.zeros((2, 4), bool), pop_t, pop_r)
     assert np.all(np.abs(scores - np.array([1, 1, 1, 0])) < 1e-8)
     assert scores[0] < scores[1] < scores[2]
+
+
+def test_offline_rmia_tunes_a_on_the_reference_models_alone():
+    """``a`` is the grid value whose offline RMIA scores best tell reference model 0's training
+    half (model 0 as target, the others as references): never worse than no correction
+    there, and independent of the real target's membership (nothing of it is passed)."""
+    from fedtrust.attacks.mia.reference_run import OFFLINE_A_GRID, tune_offline_a
+
+    sig = lambda v: 1 / (1 + np.exp(-v))
+    rng = np.random.default_rng(5)
+    _, refs, ref_in, _ = synthetic(n=1500, m=4, shift=1.5, seed=6)
+    d = rng.normal(size=800)
+    pop = d[None] + 0.5 * rng.normal(size=(4, 800))
+    signals, population = (refs, sig(refs)), (pop, sig(pop))
+    a = tune_offline_a(signals, population, ref_in)
+    assert a in OFFLINE_A_GRID
+
+    def shadow_auc(value):
+        return roc_auc(rmia_scores(sig(refs[0]), sig(refs[1:]), ref_in[1:], sig(pop[0]), sig(pop[1:]),
+                                   offline_a=value), ref_in[0])
+
+    aucs = {v: shadow_auc(v) for v in OFFLINE_A_GRID}
+    assert aucs[a] == max(aucs.values()) and aucs[a] > aucs[1.0] + 0.02  # here a = 0.5 helps
+    assert a == max(v for v, auc in aucs.items() if auc == aucs[a])  # ties: the smaller correction
+    with pytest.raises(ValueError, match="at least 2"):
+        tune_offline_a((refs[:1], sig(refs[:1])), (pop[:1], sig(pop[:1])), ref_in[:1])

@@ -17,10 +17,16 @@ and the accuracy is NaN (``threshold = "none"``).
 Rows (``scope = "reference"``): ``lira_online``, ``lira_offline`` (every reference
 model), ``rmia_online`` and ``rmia_offline`` (every reference model; with more than
 two, again with the first two, as RMIA's paper claims it needs no more).
+
+Offline RMIA's correction ``a`` (``Pr(x) = (1 + a)/2 Pr_OUT(x) + (1 - a)/2``) is tuned
+as RMIA's authors tune it, on the reference models alone (:func:`tune_offline_a`:
+reference model 0 as the target, best AUC over ``a`` = 0, 0.1, ..., 1); the run's log
+names the ``a`` chosen. With one reference model it stays 1 (no correction).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedtrust.attacks.mia.metrics import balanced_accuracy
+from fedtrust.attacks.mia.metrics import balanced_accuracy, roc_auc
 from fedtrust.attacks.mia.reference import ReferenceModels, ReferenceSpec, train_reference_models
 from fedtrust.attacks.mia.reference_attacks import (
     lira_scores,
@@ -40,10 +46,14 @@ from fedtrust.attacks.mia.result import MIAResult, scored_result
 from fedtrust.attacks.mia.scores import compute_outputs
 from fedtrust.attacks.mia.thresholds import best_threshold
 
+log = logging.getLogger(__name__)
+
 #: The reference attacks, in row order.
 REFERENCE_ATTACKS = ("lira_online", "lira_offline", "rmia_online", "rmia_offline")
-#: RMIA's offline correction (1: none; the paper tunes it per data set on reference models).
+#: RMIA's offline correction where it cannot be tuned (one reference model; 1: none).
 RMIA_OFFLINE_A = 1.0
+#: The values of ``a`` offline RMIA is tuned over (:func:`tune_offline_a`).
+OFFLINE_A_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 Signals = tuple[np.ndarray, np.ndarray]  # (phi, p): LiRA's and RMIA's signal of the same outputs
@@ -57,7 +67,7 @@ def _stack(rows: list[Signals]) -> Signals:
     return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
 
 
-def _rows(signals: Signals, start: int, stop: int) -> Signals:
+def _rows(signals: Signals, start: int, stop: int | None) -> Signals:
     return signals[0][start:stop], signals[1][start:stop]
 
 
@@ -67,12 +77,26 @@ def _row(signals: Signals, i: int) -> Signals:
 
 def _scores(attack: str, target: tuple[np.ndarray, np.ndarray], target_pop: tuple[np.ndarray, np.ndarray],
             refs: tuple[np.ndarray, np.ndarray], refs_pop: tuple[np.ndarray, np.ndarray],
-            ref_in: np.ndarray) -> np.ndarray:
+            ref_in: np.ndarray, offline_a: float = RMIA_OFFLINE_A) -> np.ndarray:
     """One attack's scores; signals are ``(phi, p)`` pairs (targets ``(n,)``, references ``(m, n)``)."""
     if attack.startswith("lira"):
         return lira_scores(target[0], refs[0], ref_in, online=attack == "lira_online")
     return rmia_scores(target[1], refs[1], ref_in, target_pop[1], refs_pop[1], online=attack == "rmia_online",
-                       offline_a=RMIA_OFFLINE_A)
+                       offline_a=offline_a)
+
+
+def tune_offline_a(ref_sig: Signals, ref_pop: Signals, ref_in: np.ndarray) -> float:
+    """Offline RMIA's ``a`` as its authors set it, on reference models alone: reference model 0
+    plays the target, the others are its references, and the ``a`` of :data:`OFFLINE_A_GRID`
+    whose scores give the highest AUC against model 0's known training half wins (ties: the
+    larger ``a``, the smaller correction). Needs at least two reference models."""
+    if ref_in.shape[0] < 2:
+        raise ValueError("tuning a needs at least 2 reference models (one plays the target)")
+    aucs = {a: roc_auc(_scores("rmia_offline", _row(ref_sig, 0), _row(ref_pop, 0), _rows(ref_sig, 1, None),
+                               _rows(ref_pop, 1, None), ref_in[1:], offline_a=a), ref_in[0])
+            for a in OFFLINE_A_GRID}
+    best = max(aucs.values())
+    return max(a for a, auc in aucs.items() if auc >= best - 1e-12)
 
 
 def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y: torch.Tensor,
@@ -128,12 +152,16 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
                 continue
             if attack == "lira_online" and count < 2:
                 continue  # an IN and an OUT model per candidate are needed
+            a = RMIA_OFFLINE_A
+            if attack == "rmia_offline" and count >= 2:
+                a = tune_offline_a(_rows(ref_sig, 0, count), _rows(ref_pop, 0, count), refs.pool_in[:count])
+                log.info("offline RMIA with %d reference models: a = %.1f (tuned on the reference models)", count, a)
             scores = _scores(attack, target, target_pop, _rows(ref_sig, 0, count), _rows(ref_pop, 0, count),
-                             refs.pool_in[:count])
+                             refs.pool_in[:count], offline_a=a)
             accuracy, how = float("nan"), "none"
             if count >= 2:  # reference model 0 plays the target; the others are its references
                 shadow = _scores(attack, _row(ref_sig, 0), _row(ref_pop, 0), _rows(ref_sig, 1, count),
-                                 _rows(ref_pop, 1, count), refs.pool_in[1:count])
+                                 _rows(ref_pop, 1, count), refs.pool_in[1:count], offline_a=a)
                 threshold = best_threshold(shadow, refs.pool_in[0])
                 s_ev, m_ev = scores[ev], is_member[ev]
                 accuracy = balanced_accuracy(s_ev >= threshold, m_ev)
