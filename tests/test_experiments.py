@@ -538,15 +538,23 @@ def test_table2_shows_lira_and_rmia_beside_the_loss_attack_when_cells_ran_them()
 
 
 def test_tradeoff_rows_join_gradinv_and_mia_cells():
+    from experiments.tables import tradeoff_markdown
+
     cells = smoke_cells(("gradinv", "mia"), algos=parse_algorithms("sgd,topk4", ()))
     records = {}
     for c in cells:
         if c.kind == "gradinv":
             records[c.key] = fake_record(c, ssim={"naive": [0.5], "adaptive": [0.9]}, uplink=5.0)
         else:
-            records[c.key] = fake_record(c, accuracy=0.7, uplink=1000.0 if c.algorithm.level else 4000.0,
-                                         mia=[mia_result("loss", "global", 0.52, 0.55)])
-    rows = by(tradeoff_frame(cells, records), "algorithm")
+            mia = [mia_result("loss", "global", 0.52, 0.55), mia_result("entropy", "global", 0.52, 0.56)]
+            if c.algorithm.baseline:  # the SGD cell also ran RMIA, stronger than every threshold attack
+                mia.append(replace(mia_result("rmia_online", "reference", 0.6, 0.74), reference_models=8))
+            records[c.key] = fake_record(c, accuracy=0.7, uplink=1000.0 if c.algorithm.level else 4000.0, mia=mia)
+    frame = tradeoff_frame(cells, records)
+    rows = by(frame, "algorithm")
+    assert rows["sgd"]["mia_auc_strongest"] == 0.74 and rows["sgd"]["mia_strongest_attack"] == "rmia_online (8 ref.)"
+    assert rows["topk4"]["mia_auc_strongest"] == 0.56 and rows["topk4"]["mia_strongest_attack"] == "entropy"
+    assert "0.740 (rmia_online (8 ref.))" in tradeoff_markdown(frame)
     assert rows["topk4"]["uplink_bytes_per_client_round"] == 1000.0  # from the trained (mia) run
     assert rows["topk4"]["compression"] == pytest.approx(4.0) and rows["sgd"]["compression"] == pytest.approx(1.0)
     assert rows["sgd"]["ssim_adaptive"] == 0.9 and rows["sgd"]["mia_auc_loss"] == 0.55
