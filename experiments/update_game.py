@@ -34,7 +34,8 @@ Each variant runs for SGD, PowerSGD rank 1 (all-reduce) and Top-K level 1 (globa
 ``--clients`` clients (each client's update is one attacked update; 4 by default) and one
 seed, on the embedded sample. ``update_game_rows.csv`` has every attack's row per update
 (appended as each update is attacked; a rerun skips the updates already there, so an
-interrupted run resumes without losing or repeating a row); ``update_game.{csv,md,tex}``
+interrupted run resumes without losing or repeating a row; a folder is tied to its
+``--clients`` and ``--seed`` by ``update_game_setting.json``); ``update_game.{csv,md,tex}``
 the mean AUC per variant, compressor and attack over the updates with its 95% percentile
 bootstrap interval (over updates: it does not cover another seed or model).
 
@@ -46,6 +47,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -131,6 +133,9 @@ class Data:
         train, test = load_dataset("sample", "train"), load_dataset("sample", "test")
         self.train_x, self.train_y = train.to_tensors(np.arange(len(train.labels)))
         self.test_x, self.test_y = test.to_tensors(np.arange(len(test.labels)))
+        if clients * SHARD > len(self.train_y):
+            raise SystemExit(f"update_game: --clients {clients} needs {clients * SHARD} train images "
+                             f"({SHARD} a client); the embedded sample has {len(self.train_y)}")
         order = np.random.default_rng(seed).permutation(len(self.train_y))
         self.shards = [order[c * SHARD:(c + 1) * SHARD] for c in range(clients)]
         self.num_classes, self.channels = int(train.spec.num_classes), int(train.spec.channels)
@@ -201,8 +206,25 @@ def units(variants: Sequence[Variant]) -> Iterator[tuple[Variant, str, Compresso
             yield variant, label, spec
 
 
+def check_setting(out: Path, clients: int, seed: int) -> None:
+    """Record ``--clients`` and ``--seed`` in ``out/update_game_setting.json`` on the first run and
+    refuse a later run with others: rows of two settings must not mix in one table (the global
+    model of round 3 and of FedAvg depends on every client, the draws on the seed)."""
+    path = out / "update_game_setting.json"
+    setting = {"clients": clients, "seed": seed}
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before != setting:
+            changed = "; ".join(f"{k}: {before.get(k)} -> {v}" for k, v in setting.items() if before.get(k) != v)
+            raise SystemExit(f"update_game: {out} holds rows of another setting ({changed}); "
+                             f"use another --out or the same --clients and --seed")
+    else:
+        path.write_text(json.dumps(setting) + "\n")
+
+
 def run(out: Path, variants: Sequence[Variant], clients: int, seed: int) -> Path:
     """Every variant and compressor not yet in ``update_game_rows.csv``; the rows file."""
+    check_setting(out, clients, seed)
     rows_path = out / "update_game_rows.csv"
     done = {(r.variant, r.compressor, r.client) for r in read_rows(rows_path, GameRow)} if rows_path.exists() else set()
     data = Data(seed, clients)

@@ -42,3 +42,17 @@ def test_each_variant_hands_the_attack_what_it_says(name):
         assert len(item.members) == (64 if name == "fedavg" else 16)
         assert item.step == (1.0 if name == "fedavg" else 0.1)
     assert all(items[0].state[k].equal(items[1].state[k]) for k in items[0].state)
+
+
+def test_a_game_folder_refuses_another_setting(tmp_path):
+    """Rows of two settings never mix: a folder keeps its --clients and --seed."""
+    from experiments.update_game import check_setting
+
+    check_setting(tmp_path, clients=2, seed=0)
+    check_setting(tmp_path, clients=2, seed=0)  # the same setting resumes
+    with pytest.raises(SystemExit, match=r"clients: 2 -> 3"):
+        check_setting(tmp_path, clients=3, seed=0)
+    with pytest.raises(SystemExit, match=r"seed: 0 -> 1"):
+        check_setting(tmp_path, clients=2, seed=1)
+    with pytest.raises(SystemExit, match="needs 3200 train images"):
+        Data(seed=0, clients=50)
