@@ -447,17 +447,19 @@ def _reference_rows(cells: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
 
 def _candidate_intervals(rows: pd.DataFrame) -> None:
     """Add the black-box rows' 95% intervals (in place) over the evaluation candidates: the
-    AUC's stratified bootstrap interval where ``mia.csv`` has one, else its Hanley-McNeil
-    interval (cells from before), and the balanced accuracy's normal approximation."""
+    stratified bootstrap interval where ``mia.csv`` has one (the AUC's always, the balanced
+    accuracy's where one threshold decides), else the AUC's Hanley-McNeil interval (cells
+    from before) and the balanced accuracy's normal approximation (per-class thresholds,
+    older cells; it takes TPR and TNR equal, so it is too wide where they are not)."""
     acc = [balanced_accuracy_interval(a, m, n) if f is True else (np.nan, np.nan)
            for a, m, n, f in zip(rows["accuracy"], rows["members"], rows["nonmembers"], rows["found"])]
     auc = [auc_interval(a, m, n) if f is True else (np.nan, np.nan)
            for a, m, n, f in zip(rows["auc"], rows["members"], rows["nonmembers"], rows["found"])]
-    rows["accuracy_low"], rows["accuracy_high"] = [v[0] for v in acc], [v[1] for v in acc]
-    for i, column in enumerate(("auc_low", "auc_high")):
-        fallback = pd.Series([v[i] for v in auc], index=rows.index, dtype=float)
-        boot = pd.to_numeric(rows[column], errors="coerce") if column in rows else fallback * np.nan
-        rows[column] = boot.where(boot.notna(), fallback)
+    for values, names in ((acc, ("accuracy_low", "accuracy_high")), (auc, ("auc_low", "auc_high"))):
+        for i, column in enumerate(names):
+            fallback = pd.Series([v[i] for v in values], index=rows.index, dtype=float)
+            boot = pd.to_numeric(rows[column], errors="coerce") if column in rows else fallback * np.nan
+            rows[column] = boot.where(boot.notna(), fallback)
 
 
 def _with_interval(values: pd.Series, low: pd.Series, high: pd.Series, percent: bool, digits: int) -> pd.Series:
@@ -645,9 +647,10 @@ def _update_game_note(update: pd.DataFrame) -> str:
 TABLE2_CAPTION = ("Table 2: membership-inference attacks per dataset and algorithm. Black-box attacks query the "
                   "final global model; update attacks (beyond the paper) see one client's intercepted FedSGD update. "
                   "95% intervals in brackets: for the black-box and reference-model attacks over the evaluation "
-                  "candidates (AUC and TPR: stratified bootstrap of mia.csv, 1,000 resamples; Hanley & McNeil "
-                  "1982 for cells written before mia.csv had intervals; balanced accuracy: normal approximation "
-                  "with TPR and TNR taken equal), so they do not cover a different training run; for the update "
+                  "candidates (stratified bootstrap of mia.csv, 1,000 resamples; Hanley & McNeil 1982 for the AUC "
+                  "of cells written before mia.csv had intervals, and a normal approximation with TPR and TNR taken "
+                  "equal for the balanced accuracy of those cells and of per-class thresholds), so they do not "
+                  "cover a different training run; for the update "
                   "attacks a percentile bootstrap over the n intercepted client updates.")
 
 
@@ -756,7 +759,8 @@ TRADEOFF_CAPTION = ("Test accuracy of the model trained by FedAvg (mia cells, fi
                     "indices), compression = dense float32 bytes / uplink; SSIM = mean over the reconstructed "
                     "images (gradinv cells) with its 95% percentile-bootstrap interval; MIA AUC = loss attack on the final model, "
                     "global threshold (the paper's), and the strongest attack on the final model (highest AUC of "
-                    "every black-box and, where the cell ran them, LiRA/RMIA attack).")
+                    "every black-box and, where the cell ran them, LiRA/RMIA attack; the largest of several AUCs "
+                    "measured on the same candidates, so it leans high).")
 
 
 # ------------------------------------------------------------------ the tables and their files

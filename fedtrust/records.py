@@ -127,6 +127,9 @@ class MIAMetrics:
         Stratified percentile-bootstrap 95% intervals (:mod:`fedtrust.attacks.mia.intervals`)
         over ``resamples`` resamples of the evaluated candidates; empty (``None``) in files
         from before they were computed.
+    accuracy_low, accuracy_high:
+        The same interval of ``accuracy`` where one threshold decides (global, non-member,
+        label-free and shadow thresholds; empty for per-class thresholds and older files).
     """
 
     attack: str
@@ -146,6 +149,8 @@ class MIAMetrics:
     tpr_at_0_1pct_fpr_low: float | None = field(default=None, kw_only=True)
     tpr_at_0_1pct_fpr_high: float | None = field(default=None, kw_only=True)
     resamples: int = field(default=0, kw_only=True)
+    accuracy_low: float | None = field(default=None, kw_only=True)
+    accuracy_high: float | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)

@@ -374,6 +374,15 @@ def test_fast_top_k_selects_what_torch_topk_selects(n, k):
     assert torch.equal(torch.sort(picked[~picked.isnan()]).values, torch.sort(ref[~ref.isnan()]).values)
 
 
+def test_fast_top_k_takes_zero_values_and_dtypes_numpy_lacks():
+    flat = torch.randn(4 * THRESHOLD_SAMPLE, generator=torch.Generator().manual_seed(1))
+    assert top_k_indices(flat, 0).numel() == 0 and top_k_indices(flat, 0).dtype == torch.int64
+    half = flat.to(torch.bfloat16)
+    expected = torch.sort(torch.topk(half.abs(), 5_000, sorted=False).indices).values
+    got = top_k_indices(half, 5_000)
+    assert torch.equal(torch.sort(half.abs()[got]).values, torch.sort(half.abs()[expected]).values)
+
+
 def test_level_too_high_raises():
     for name, options in ALL_CONFIGS:
         with pytest.raises(ValueError, match=r"level=7 is too high.* 6"):

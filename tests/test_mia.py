@@ -50,7 +50,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "page",
 MIA_COLUMNS = ["attack", "scope", "accuracy", "auc", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "members",
                "nonmembers", "reference_models", "threshold", "auc_low", "auc_high", "tpr_at_1pct_fpr_low",
                "tpr_at_1pct_fpr_high", "tpr_at_0_1pct_fpr_low", "tpr_at_0_1pct_fpr_high", "resamples",
-               "compressor", "level", "round", "client", "seed"]
+               "accuracy_low", "accuracy_high", "compressor", "level", "round", "client", "seed"]
 
 
 # ----------------------------------------------------------------------------- data
@@ -273,6 +273,20 @@ def test_the_attackers_threshold_reads_non_members_only() -> None:
     assert abs(fpr - ATTACKER_FPR) < 0.04
     oracle = evaluate_scores("x", "global", scores, labels, member, split)
     assert oracle.threshold == "oracle" and 0.5 < result.accuracy < oracle.accuracy
+    # the accuracy's interval is the stratified bootstrap's where one threshold decides: at 5% FPR
+    # the TNR is near 0.95, so it is much narrower than the normal approximation taking TPR = TNR
+    from fedtrust.stats import balanced_accuracy_interval
+
+    for r in (result, oracle):
+        assert r.accuracy_low <= r.accuracy <= r.accuracy_high
+    low, high = balanced_accuracy_interval(result.accuracy, result.members, result.nonmembers)
+    width = result.accuracy_high - result.accuracy_low
+    tpr = float(np.mean(scores[ev][member[ev]] >= result.rule.global_threshold))
+    tnr = 1.0 - fpr
+    separate = 1.96 * np.sqrt(tpr * (1 - tpr) / result.members + tnr * (1 - tnr) / result.nonmembers)
+    assert width < high - low and abs(width - separate) < 0.25 * separate
+    per_class = evaluate_scores("x", "per_class", scores, labels, member, split)
+    assert per_class.accuracy_low is None and per_class.auc_low is not None
 
 
 # ----------------------------------------------------------------------------- black-box attacks

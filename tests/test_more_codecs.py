@@ -352,3 +352,20 @@ def test_negating_by_the_sign_bit_is_exact_negation_for_every_float():
     got = negate_where(values.clone(), negative)
     assert torch.equal(got.view(torch.int32), expected.view(torch.int32))
     assert torch.equal(negate_where(values.clone(), negative.bool()).view(torch.int32), expected.view(torch.int32))
+
+
+def test_qsgd_decodes_a_non_finite_norm_as_the_plain_product_does():
+    """A NaN or infinite norm (hostile, or a huge update's overflowed one) decodes to exactly the
+    floats of ``levels * (+-step)`` (bit for bit, NaN signs included), as before sign flipping."""
+    from fedtrust.compression.bits import signed
+    from fedtrust.compression.codecs.qsgd import QSGDCompressor
+
+    comp = QSGDCompressor(level=3, layout=(("w", (6,)),), seed=0)
+    payload = comp.encode({"w": torch.tensor([1.0, -2.0, 0.0, -0.0, 3.0, -4.0])})
+    for norm in (float("nan"), float("inf"), 5.0):
+        arrays = {**payload.arrays, "norm/w": np.array([norm], dtype=np.float32)}
+        got = comp.decode(type(payload)(arrays))["w"]
+        levels = torch.from_numpy(unpack_uint(arrays["levels/w"], 6, 3)).to(torch.float32)
+        negative = torch.from_numpy(unpack_uint(arrays["signs/w"], 6, 1)).to(torch.bool)
+        expected = levels * signed(negative, norm / 7)
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32)), norm

@@ -121,9 +121,11 @@ def signed(negative: torch.Tensor, magnitude: float | torch.Tensor) -> torch.Ten
 
 
 def negate_where(values: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-    """``values`` (float32) with the sign flipped where ``negative`` (0/1 or bool) is set, in
-    place: the IEEE sign bit XOR-ed, which is exactly negation (``-x``) for every float,
-    zeros and NaNs included, in three integer passes instead of ``torch.where``'s slow path."""
+    """``values`` (contiguous float32) with the sign flipped where ``negative`` (a one-byte 0/1
+    or bool tensor) is set, in place: the IEEE sign bit XOR-ed, which is exactly negation
+    (``-x``) for every float, zeros and NaNs included, in three integer passes instead of
+    ``torch.where``'s slow path. (A product ``x * -1`` may give a NaN either sign; this
+    gives ``-x``'s.)"""
     flip = negative.view(torch.uint8).to(torch.int32).mul_(-(1 << 31))  # 1 -> the sign bit
     values.view(torch.int32).bitwise_xor_(flip)
     return values

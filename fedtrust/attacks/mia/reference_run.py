@@ -158,7 +158,7 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
                 log.info("offline RMIA with %d reference models: a = %.1f (tuned on the reference models)", count, a)
             scores = _scores(attack, target, target_pop, _rows(ref_sig, 0, count), _rows(ref_pop, 0, count),
                              refs.pool_in[:count], offline_a=a)
-            accuracy, how = float("nan"), "none"
+            accuracy, how, threshold = float("nan"), "none", None
             if count >= 2:  # reference model 0 plays the target; the others are its references
                 shadow = _scores(attack, _row(ref_sig, 0), _row(ref_pop, 0), _rows(ref_sig, 1, count),
                                  _rows(ref_pop, 1, count), refs.pool_in[1:count], offline_a=a)
@@ -167,5 +167,6 @@ def run_reference_mia(model: nn.Module, candidates_x: torch.Tensor, candidates_y
                 accuracy = balanced_accuracy(s_ev >= threshold, m_ev)
                 how = "shadow"
             results.append(scored_result(attack, "reference", scores[ev], is_member[ev], accuracy=float(accuracy),
-                                         threshold=how, reference_models=count, seed=seed))
+                                         threshold=how, threshold_value=threshold, reference_models=count,
+                                         seed=seed))
     return results, refs

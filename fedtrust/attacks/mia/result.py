@@ -89,30 +89,38 @@ def evaluate_scores(attack: str, scope: str, scores: np.ndarray, labels: np.ndar
     ev = split.evaluation
     s_ev, m_ev = scores[ev], is_member[ev]
     predicted = rule.predict(s_ev, labels[ev])
+    single = None if rule.class_thresholds else rule.global_threshold
     return scored_result(attack, scope, s_ev, m_ev, accuracy=balanced_accuracy(predicted, m_ev), rule=rule,
-                         threshold=THRESHOLD_KIND[rule.scope], seed=seed)
+                         threshold=THRESHOLD_KIND[rule.scope], threshold_value=single, seed=seed)
 
 
 def scored_result(attack: str, scope: str, scores: np.ndarray, is_member: np.ndarray, *, accuracy: float,
-                  threshold: str = "oracle", reference_models: int = 0, rule: ThresholdRule | None = None,
-                  seed: int = 0, resamples: int = METRIC_RESAMPLES) -> MIAResult:
+                  threshold: str = "oracle", threshold_value: float | None = None, reference_models: int = 0,
+                  rule: ThresholdRule | None = None, seed: int = 0,
+                  resamples: int = METRIC_RESAMPLES) -> MIAResult:
     """The result of ``scores`` on evaluated candidates: AUC and TPR at 1% and 0.1% FPR with
     their bootstrap intervals (:func:`~fedtrust.attacks.mia.intervals.metric_intervals`),
-    and the balanced ``accuracy`` of a threshold set as ``threshold`` says."""
+    and the balanced ``accuracy`` of a threshold set as ``threshold`` says (with the same
+    interval when that is one ``threshold_value``: ``score >= threshold_value`` is a member)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     is_member = np.asarray(is_member, dtype=bool).reshape(-1)
     fpr, tpr, _ = roc_curve(scores, is_member)
     n_non = int((~is_member).sum())
     if not np.isfinite(scores).all():  # no intervals of scores that are not numbers (the metrics say what they can)
         none = {k: None for k in ("auc_low", "auc_high", "tpr_at_1pct_fpr_low", "tpr_at_1pct_fpr_high",
-                                  "tpr_at_0_1pct_fpr_low", "tpr_at_0_1pct_fpr_high")}
+                                  "tpr_at_0_1pct_fpr_low", "tpr_at_0_1pct_fpr_high", "accuracy_low",
+                                  "accuracy_high")}
         intervals, resamples = none, 0
     else:
-        ci = metric_intervals(scores[is_member], scores[~is_member], resamples=resamples, seed=seed)
+        single = threshold_value if threshold_value is not None and not np.isnan(threshold_value) else None
+        ci = metric_intervals(scores[is_member], scores[~is_member], threshold=single, resamples=resamples,
+                              seed=seed)
         intervals = {"auc_low": ci.auc.low, "auc_high": ci.auc.high,
                      "tpr_at_1pct_fpr_low": ci.tpr_at_1pct_fpr.low, "tpr_at_1pct_fpr_high": ci.tpr_at_1pct_fpr.high,
                      "tpr_at_0_1pct_fpr_low": ci.tpr_at_0_1pct_fpr.low,
-                     "tpr_at_0_1pct_fpr_high": ci.tpr_at_0_1pct_fpr.high}
+                     "tpr_at_0_1pct_fpr_high": ci.tpr_at_0_1pct_fpr.high,
+                     "accuracy_low": ci.accuracy.low if ci.accuracy else None,
+                     "accuracy_high": ci.accuracy.high if ci.accuracy else None}
     return MIAResult(attack=attack, scope=scope, accuracy=float(accuracy),
                      auc=roc_auc(scores, is_member),
                      tpr_at_1pct_fpr=tpr_at_fpr(scores, is_member, 0.01),

@@ -66,7 +66,7 @@ class ThresholdRule:
     Attributes
     ----------
     scope:
-        ``"global"`` or ``"per_class"``.
+        ``"global"``, ``"per_class"`` or ``"nonmember"`` (one threshold, from non-members alone).
     global_threshold:
         Threshold for every sample (``global``) or for classes without their own.
     class_thresholds:

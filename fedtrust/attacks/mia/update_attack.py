@@ -418,5 +418,5 @@ def run_update_mia(model: nn.Module, observed_payload: Payload | Mapping[str, np
         accuracy = balanced_accuracy(s_ev >= rule, m_ev)
         at = [r.attack for r in results].index("update_regression")
         results[at] = scored_result("update_regression", "update", s_ev, m_ev, accuracy=float(accuracy),
-                                    threshold="label-free", seed=seed)
+                                    threshold="label-free", threshold_value=rule, seed=seed)
     return results

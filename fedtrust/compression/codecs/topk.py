@@ -59,8 +59,10 @@ MIN_SAMPLE = 1 << 12
 def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Positions (int64, ascending) of the ``k`` largest magnitudes of a 1-D tensor.
 
-    The same selection as ``torch.topk(flat.abs(), k)`` (ties at the k-th magnitude
-    broken among the tied values, as ``torch.topk`` breaks them), several times faster:
+    The same values as ``torch.topk(flat.abs(), k)``: the same positions wherever no two
+    magnitudes tie at the k-th largest, and otherwise the same magnitudes, the tied ones
+    taken at their lowest positions on the CPU (``torch.topk`` breaks such ties its own
+    way, which no caller relies on), several times faster:
     a threshold ``t`` is estimated from ``THRESHOLD_SAMPLE`` magnitudes (fewer for a
     tensor under 16 times that) drawn at fixed seeded positions, low enough that about
     ``k + 4 sd + 8`` values reach it (``sd`` the binomial spread of the sample's
@@ -69,11 +71,14 @@ def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     few smallest of them. Every value at least as large as the k-th largest is a
     candidate whenever there are at least ``k`` candidates, so the result is exact;
     with fewer (an unlucky sample) the full ``torch.topk`` runs. A large ``k / n`` is
-    no exception: the candidates are then most of the tensor, and only the few extra
-    ones go through ``torch.topk``.
+    no exception: the candidates are then most of the tensor, and the cut to ``k`` (NumPy's
+    ``argpartition`` on the CPU, ``torch.topk`` of the few extra ones elsewhere) is cheap.
+    Dtypes NumPy lacks (bfloat16) take the torch path.
     """
     n = flat.numel()
     size = min(THRESHOLD_SAMPLE, n // 16)
+    if k <= 0:
+        return torch.empty(0, dtype=torch.int64, device=flat.device)
     if k >= n or size < MIN_SAMPLE:
         indices = torch.topk(flat.abs(), k, sorted=False).indices
         return torch.sort(indices).values
@@ -89,7 +94,7 @@ def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
         return torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values
     if extra == 0:
         return candidates
-    if flat.device.type == "cpu":
+    if _numpy_path(flat):
         kept = _largest_cpu(flat, candidates, k)
         if kept is not None:
             return kept
@@ -97,6 +102,11 @@ def top_k_indices(flat: torch.Tensor, k: int) -> torch.Tensor:
     keep = torch.ones(candidates.numel(), dtype=torch.bool, device=flat.device)
     keep[drop] = False
     return candidates[keep]
+
+
+def _numpy_path(flat: torch.Tensor) -> bool:
+    """Whether NumPy can take ``flat`` as it is (a CPU tensor of a dtype NumPy has)."""
+    return flat.device.type == "cpu" and flat.dtype in (torch.float16, torch.float32, torch.float64)
 
 
 def _largest_cpu(flat: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor | None:
@@ -119,7 +129,7 @@ def _at_least(flat: torch.Tensor, threshold: float) -> torch.Tensor:
     """Positions (int64, ascending) where ``not |flat| < threshold`` (so NaNs too). On the
     CPU NumPy's ``abs``, ``<`` and ``flatnonzero``, which take a third to a half of torch's
     time there (``flatnonzero`` is 1.2 to 6 times as fast as ``torch.nonzero``, one thread)."""
-    if flat.device.type == "cpu":
+    if _numpy_path(flat):
         small = np.less(np.abs(flat.detach().numpy()), threshold)
         return torch.from_numpy(np.flatnonzero(np.logical_not(small, out=small)))
     small = (flat < threshold).logical_and_(flat > -threshold)  # |x| < t; False for NaN
