@@ -53,7 +53,6 @@ from fedtrust.compression.bits import (
     pack_uint,
     packed_size,
     padding_is_zero,
-    signed,
     unpack_signs,
     unpack_uint,
 )
@@ -137,10 +136,9 @@ class QSGDCompressor(Compressor):
             levels = torch.from_numpy(unpack_uint(payload.arrays[f"levels/{name}"], count, self.level))
             negative = torch.from_numpy(unpack_uint(payload.arrays[f"signs/{name}"], count, 1))
             step = float(np.asarray(payload.arrays[f"norm/{name}"]).reshape(-1)[0]) / self.levels
-            if math.isfinite(step):  # every value finite or +-inf: flipping its sign bit is its negation
-                out[name] = negate_where(levels.to(torch.float32).mul_(step), negative).reshape(shape)
-            else:  # a NaN or infinite norm (a hostile or overflowed one): the product's own NaNs
-                out[name] = levels.to(torch.float32).mul_(signed(negative.to(torch.bool), step)).reshape(shape)
+            # (-l) * step: the sign flipped on the exact small integer l before the product, so every
+            # value, NaNs of a non-finite norm included, is bit for bit the product l * (-step)
+            out[name] = negate_where(levels.to(torch.float32), negative).mul_(step).reshape(shape)
         return out
 
     def parts(self, arrays: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
