@@ -380,11 +380,13 @@ TABLE1_CAPTION = ("Table 1: SSIM between each reconstructed image and its origin
 
 
 # ------------------------------------------------------------------ Table 2
-def final_results(attacks: pd.DataFrame) -> pd.DataFrame:
-    """The black-box results of the last round, per cell, attack and scope."""
-    blackbox = attacks[attacks["scope"].isin(BLACKBOX_SCOPES)]
-    last = blackbox.groupby(["cell", "attack", "scope"], sort=False)["round"].idxmax()
-    return blackbox.loc[last.to_numpy()]
+def final_results(attacks: pd.DataFrame, scopes: Sequence[str] = BLACKBOX_SCOPES) -> pd.DataFrame:
+    """The results on the final model (the last round's), per cell, attack, scope and count of
+    reference models, of the attacks with these ``scopes`` (default: the black-box ones)."""
+    chosen = attacks[attacks["scope"].isin(scopes)]
+    keys = ["cell", "attack", "scope"] + (["reference_models"] if "reference_models" in chosen else [])
+    last = chosen.groupby(keys, sort=False)["round"].idxmax()
+    return chosen.loc[last.to_numpy()]
 
 
 def update_means(attacks: pd.DataFrame) -> pd.DataFrame:
@@ -436,11 +438,10 @@ def table2_frame(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd
 def _reference_rows(cells: pd.DataFrame, attacks: pd.DataFrame) -> pd.DataFrame:
     """The LiRA and RMIA rows of the ``mia`` cells that ran them (none otherwise): the last
     round's, per cell, attack and reference-model count, fewest reference models first."""
-    ref = attacks[attacks["scope"] == "reference"]
+    ref = final_results(attacks, scopes=("reference",))
     if ref.empty:
         return pd.DataFrame()
-    last = ref.groupby(["cell", "attack", "reference_models"], sort=False)["round"].idxmax()
-    ref = ref.loc[last.to_numpy()].sort_values("reference_models", kind="stable")
+    ref = ref.sort_values("reference_models", kind="stable")
     rows = cells.merge(ref, on="cell", how="inner").assign(source="reference", found=True, n=1)
     return rows
 
@@ -570,36 +571,30 @@ def _reference_block(res: Results) -> pd.DataFrame:
     return res.shown(columns)
 
 
-#: Table 2's sub-tables: the source of rows each needs, its title and how it is built.
-TABLE2_BLOCKS: tuple[tuple[str, str, Callable[[Results], pd.DataFrame]], ...] = (
-    ("blackbox", ("Table 2: membership-inference attack success (balanced accuracy, global threshold fitted knowing "
+#: Table 2's sub-tables: the rows each shows (column -> value), its title and how it is built.
+TABLE2_BLOCKS: tuple[tuple[Mapping[str, str], str, Callable[[Results], pd.DataFrame]], ...] = (
+    ({"source": "blackbox"}, ("Table 2: membership-inference attack success (balanced accuracy, global threshold fitted knowing "
                   "the calibration members: an oracle, as in the paper)"), _paper_block),
-    ("blackbox", "Table 2b: AUC and TPR at 1% / 0.1% FPR (global threshold)", _roc_block),
-    ("blackbox", "Table 2c: per-class thresholds (balanced accuracy; AUC)", _per_class_block),
-    ("update", ("Table 2d (beyond the paper): update attacks on intercepted FedSGD updates "
+    ({"source": "blackbox"}, "Table 2b: AUC and TPR at 1% / 0.1% FPR (global threshold)", _roc_block),
+    ({"source": "blackbox", "scope": "per_class"}, "Table 2c: per-class thresholds (balanced accuracy; AUC)", _per_class_block),
+    ({"source": "update"}, ("Table 2d (beyond the paper): update attacks on intercepted FedSGD updates "
                 "(AUC, mean over the n intercepted client updates)"), _update_block),
-    ("reference", ("Table 2e (beyond the paper): reference-model attacks on the final model, LiRA (online, every "
+    ({"source": "reference"}, ("Table 2e (beyond the paper): reference-model attacks on the final model, LiRA (online, every "
                    "reference model) and RMIA (online, the fewest reference models run), against the loss "
                    "attack on the same candidates (AUC and TPR at 1% FPR, stratified bootstrap 95% intervals)"),
      _reference_block),
-    ("nonmember", (f"Table 2f (beyond the paper): balanced accuracy at the attacker's threshold, set on "
+    ({"source": "blackbox", "scope": "nonmember"}, (f"Table 2f (beyond the paper): balanced accuracy at the attacker's threshold, set on "
                    f"calibration non-members alone at {ATTACKER_FPR:.0%} FPR (Tables 2 and 2c choose theirs "
                    f"knowing the calibration members: an oracle)"), _attacker_block),
 )
 
 
 def table2_blocks(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """``(title, sub-table)`` of each sub-table whose source has rows (paper layout, AUC/TPR, per-class, update)."""
-    res = Results(rows)
-    return [(title, build(res)) for source, title, build in TABLE2_BLOCKS if _has_rows(rows, source)]
-
-
-def _has_rows(rows: pd.DataFrame, source: str) -> bool:
-    """Whether a sub-table has rows: its source's, or (``nonmember``) black-box rows of that scope
-    that a cell wrote (cells from before the scope existed have none)."""
-    if source == "nonmember":
-        return bool(((rows["source"] == "blackbox") & (rows["scope"] == "nonmember") & rows["status"].eq("ok")).any())
-    return bool((rows["source"] == source).any())
+    """``(title, sub-table)`` of each sub-table that has a row some cell wrote (a sub-table of
+    attacks no cell ran, such as LiRA without reference models, is left out)."""
+    res, written = Results(rows), rows[rows["status"].eq("ok")]
+    return [(title, build(res)) for match, title, build in TABLE2_BLOCKS
+            if written[list(match)].eq(pd.Series(match)).all(axis=1).any()]
 
 
 def table2_markdown(rows: pd.DataFrame) -> str:
@@ -663,19 +658,13 @@ def _final_aucs(cells: Sequence[Cell], records: Mapping[str, CellRecord]) -> pd.
     """Per mia cell (column ``m_cell``): the final global AUC of each of the paper's attacks, and
     the strongest attack on the final model (highest AUC of every black-box and reference-model
     attack the cell ran, last round) with its AUC."""
-    attacks = score_frame(cells, records, AttackScore)
-    final = final_results(attacks)
-    final = final[final["scope"] == "global"]
+    final = final_results(score_frame(cells, records, AttackScore), scopes=("global", "reference"))
     wide = pd.DataFrame({"m_cell": pd.Series(dtype=object)})
     for name, attack in PAPER_MIA.items():
         column = f"mia_auc_{name.lower().replace('-', '_')}"
-        picked = final.loc[final["attack"] == attack, ["cell", "auc"]].rename(columns={"cell": "m_cell", "auc": column})
-        wide = wide.merge(picked, on="m_cell", how="outer")
-    reference = attacks[attacks["scope"] == "reference"]
-    if not reference.empty:
-        last = reference.groupby(["cell", "attack", "reference_models"], sort=False)["round"].idxmax()
-        reference = reference.loc[last.to_numpy()]
-    pool = pd.concat([final, reference], ignore_index=True)
+        picked = final.loc[(final["scope"] == "global") & (final["attack"] == attack), ["cell", "auc"]]
+        wide = wide.merge(picked.rename(columns={"cell": "m_cell", "auc": column}), on="m_cell", how="outer")
+    pool = final.reset_index(drop=True)
     if pool.empty:
         return wide.assign(mia_auc_strongest=np.nan, mia_strongest_attack=None)
     pool = pool.assign(name=[a if int(m or 0) == 0 else f"{a} ({int(m)} ref.)"
